@@ -1,0 +1,134 @@
+"""The ``spineloss`` command line.
+
+    spineloss demo [--quick] [--out DIR]                 the main job on built-in synthetic data
+    spineloss experiment CONFIG.toml [--out DIR]         every (loss, fold) of a config, then the table
+    spineloss report RUN_DIR [--distance hd|hd95]        (re)write and print the table of a run
+    spineloss predict --model MODEL.pt --input IMG.nii.gz --output SEG.nii.gz
+    spineloss data phantom --region lumbar|cervical --cases N --out DIR [--seed S] [--shape D H W]
+    spineloss data check DIR                             validate a data set, print its summary
+
+Errors in the user's input (a bad config, a bad data set) print one clear message and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_demo(args) -> int:
+    from .demo import demo_config
+    from .experiment import run_experiment
+    config = demo_config(quick=args.quick, seed=args.seed)
+    out = Path(args.out or f"runs/{config.name}")
+    t0 = time.perf_counter()
+    table = run_experiment(config, out, progress=not args.no_progress)
+    print("\n" + table)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {out}/ "
+          f"(summary.md, summary.csv, summary.tex)")
+    return 0
+
+
+def _cmd_experiment(args) -> int:
+    from .experiment import load_config, run_experiment
+    config = load_config(args.config)
+    table = run_experiment(config, args.out, progress=not args.no_progress,
+                           only_losses=args.losses.split(",") if args.losses else None)
+    print("\n" + table)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_summary
+    print(write_summary(args.run_dir, distance=args.distance))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import predict_file
+    predict_file(args.model, args.input, args.output, device=args.device)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_phantom(args) -> int:
+    from .data.phantom import write_phantom_dataset
+    out = write_phantom_dataset(args.out, region=args.region, cases=args.cases, seed=args.seed,
+                                shape=tuple(args.shape))
+    print(f"wrote {args.cases} {args.region} phantom cases to {out}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from .data.layout import run_check
+    return run_check(args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spineloss", description="Find the best loss for 3D segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="3 losses x 3 folds on built-in synthetic lumbar MRI")
+    p.add_argument("--quick", action="store_true", help="tiny volumes, under a minute (smoke test)")
+    p.add_argument("--out", help="output folder (default runs/demo or runs/demo_quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("experiment", help="run every (loss, fold) of a TOML config")
+    p.add_argument("config", help="the experiment's TOML file (see configs/)")
+    p.add_argument("--out", help="output folder (default: [experiment] output, else runs/<name>)")
+    p.add_argument("--losses", help="comma-separated subset of the config's loss names")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("report", help="write and print the results table of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--distance", choices=["hd", "hd95"], default="hd",
+                   help="the Hausdorff column: maximum (hd) or 95th percentile (hd95)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("predict", help="segment one image with a trained model")
+    p.add_argument("--model", required=True, help="a model.pt written by training")
+    p.add_argument("--input", required=True, nargs="+", help="the image (one file per channel)")
+    p.add_argument("--output", required=True, help="the label map to write (.nii.gz)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_predict)
+
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("phantom", help="write a synthetic spine MRI data set (nnU-Net v2 layout)")
+    p.add_argument("--region", choices=["lumbar", "cervical"], default="lumbar")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 40], metavar=("D", "H", "W"))
+    p.set_defaults(func=_cmd_phantom)
+    p = data.add_parser("check", help="validate a data set and print its summary")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spineloss`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"spineloss: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spineloss: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

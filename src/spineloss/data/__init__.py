@@ -1,0 +1,1 @@
+"""Data: dataset layouts, synthetic phantoms, preprocessing, augmentation and loading."""

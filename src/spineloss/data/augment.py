@@ -1,0 +1,174 @@
+"""Seeded data augmentation for training samples (never applied to validation data).
+
+Per sample (in the loader's worker processes): a random affine transform (rotation, scaling,
+translation; image trilinear, label nearest neighbour) and additive Gaussian noise. Per batch (in the
+training step): MixUp (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR), which
+blends the batch with one random element of it and turns the targets into soft one-hot maps.
+
+Every random draw comes from a ``numpy.random.Generator`` the caller seeds, so a sample's augmentation
+depends only on ``(seed, epoch, sample index)``: the same seed gives the same training run, whatever
+the number of worker processes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentConfig", "random_affine", "add_gaussian_noise", "augment_sample", "mixup",
+           "one_hot"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation settings (probabilities per sample / per batch).
+
+    Args:
+        p_affine: probability of a random affine transform.
+        rotation: maximum absolute rotation about each axis, in radians.
+        scale: maximum relative scaling, e.g. 0.1 draws a factor in [0.9, 1.1] per axis.
+        translation: maximum shift as a fraction of the size of each axis.
+        p_noise: probability of Gaussian noise; its standard deviation is drawn in [0, noise_std]
+            (intensities are z-scored, so 0.1 is a tenth of the image's standard deviation).
+        p_mixup: probability that a batch is mixed; ``mixup_alpha`` is the Beta(a, a) parameter of
+            the mixing weight.
+    """
+
+    p_affine: float = 0.5
+    rotation: float = 0.2
+    scale: float = 0.1
+    translation: float = 0.05
+    p_noise: float = 0.3
+    noise_std: float = 0.1
+    p_mixup: float = 0.0
+    mixup_alpha: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("p_affine", "p_noise", "p_mixup"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
+        for name in ("rotation", "scale", "translation", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale >= 1:
+            raise ValueError(f"augment.scale must be < 1 (a relative change), got {self.scale}")
+        if self.mixup_alpha <= 0:
+            raise ValueError(f"augment.mixup_alpha must be > 0, got {self.mixup_alpha}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        """No augmentation at all."""
+        return cls(p_affine=0.0, p_noise=0.0, p_mixup=0.0)
+
+
+def _rotation_matrix(angles: Sequence[float]) -> np.ndarray:
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                  config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate, scale and translate ``image`` (``C x D x H x W``) and ``label`` (``D x H x W``) together.
+
+    The transform acts in physical space (voxel sizes ``spacing``) about the volume's centre, so a
+    rotation of anisotropic voxels is a true rotation. Image: trilinear interpolation, filled with
+    the channel minimum outside the field of view; label: nearest neighbour, filled with background.
+    """
+    angles = rng.uniform(-config.rotation, config.rotation, size=3)
+    scales = rng.uniform(1 - config.scale, 1 + config.scale, size=3)
+    shift = rng.uniform(-config.translation, config.translation, size=3) * 2.0  # in [-1, 1] units
+    shape = np.asarray(image.shape[1:], dtype=np.float64)
+    extent = shape * np.asarray(spacing, dtype=np.float64)          # physical size per axis
+    # output normalised coords -> physical -> rotate/scale -> input normalised coords
+    to_phys = np.diag(extent / 2.0)
+    matrix = np.linalg.inv(to_phys) @ _rotation_matrix(angles) @ np.diag(1.0 / scales) @ to_phys
+    # affine_grid orders coordinates (x, y, z) = (W, H, D): reverse our (D, H, W) axes
+    perm = [2, 1, 0]
+    theta = np.zeros((1, 3, 4), dtype=np.float32)
+    theta[0, :, :3] = matrix[np.ix_(perm, perm)]
+    theta[0, :, 3] = shift[perm]
+    theta_t = torch.from_numpy(theta)
+    size = (1, image.shape[0]) + tuple(image.shape[1:])
+    grid = F.affine_grid(theta_t, size, align_corners=False)
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    low = img.amin(dim=(2, 3, 4), keepdim=True)
+    img = F.grid_sample(img - low, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + low
+    lab = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))[None, None]
+    lab = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return img[0].numpy(), lab[0, 0].numpy().astype(label.dtype)
+
+
+def add_gaussian_noise(image: np.ndarray, rng: np.random.Generator, max_std: float) -> np.ndarray:
+    """``x + N(0, sigma^2)`` with ``sigma ~ U(0, max_std)`` drawn once per sample."""
+    sigma = rng.uniform(0.0, max_std)
+    return (image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)).astype(np.float32)
+
+
+def augment_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                   config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the per-sample augmentations of ``config`` (affine, then noise) with ``rng``.
+
+    The draws that decide whether a transform is applied are made in a fixed order, so the
+    sequence of random numbers does not depend on the outcome of earlier draws.
+    """
+    do_affine = rng.random() < config.p_affine
+    do_noise = rng.random() < config.p_noise
+    if do_affine:
+        image, label = random_affine(image, label, rng, config, spacing)
+    if do_noise and config.noise_std > 0:
+        image = add_gaussian_noise(image, rng, config.noise_std)
+    return image, label
+
+
+def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer map ``B x D x H x W`` (or ``B x 1 x ...``) to float one-hot ``B x C x D x H x W``.
+
+    For ``num_classes == 1`` (sigmoid output) the result is the binary map itself as one channel.
+    """
+    if label.ndim == 5:
+        label = label[:, 0]
+    if num_classes == 1:
+        return (label > 0).float()[:, None]
+    classes = torch.arange(num_classes, device=label.device).view(1, -1, 1, 1, 1)
+    return (label[:, None].long() == classes).float()
+
+
+def mixup(image: torch.Tensor, target: torch.Tensor, num_classes: int, generator: torch.Generator,
+          alpha: float, dist_map: torch.Tensor | None = None):
+    """MixUp with one random element ``j`` of the batch: ``x' = l x + (1 - l) x_j``.
+
+    ``l ~ Beta(alpha, alpha)`` (folded to ``max(l, 1 - l)`` so each sample keeps most of itself).
+    Targets become soft: ``y' = l onehot(y) + (1 - l) onehot(y_j)``; distance maps, if given, are
+    mixed with the same weight (a first-order approximation of the mixed target's distance map).
+    Returns ``(image, soft_target, dist_map)``.
+    """
+    b = image.shape[0]
+    j = int(torch.randint(0, b, (1,), generator=generator))
+    lam = _beta_from_uniform(float(torch.rand(1, generator=generator).clamp_(1e-6, 1 - 1e-6)), alpha)
+    lam = max(lam, 1.0 - lam)
+    soft = target if target.ndim == 5 and target.shape[1] == num_classes and target.is_floating_point() \
+        else one_hot(target, num_classes)
+    image = lam * image + (1 - lam) * image[j:j + 1]
+    soft = lam * soft + (1 - lam) * soft[j:j + 1]
+    if dist_map is not None:
+        dist_map = lam * dist_map + (1 - lam) * dist_map[j:j + 1]
+    return image, soft, dist_map
+
+
+def _beta_from_uniform(u: float, alpha: float) -> float:
+    """Beta(a, a) draw by the inverse CDF of a seeded uniform ``u`` (deterministic in ``u``)."""
+    from scipy.special import betaincinv
+    return float(betaincinv(alpha, alpha, u))

@@ -1,0 +1,255 @@
+"""An experiment: a grid of (loss, fold) training runs under seeded k-fold cross-validation.
+
+A TOML config names the data, the preprocessing, the model, the training, the augmentation and the
+losses (see ``configs/`` and the README). :func:`run_experiment` validates the data set, splits the
+cases into ``folds`` folds with a seeded permutation, preprocesses every case once (cached), then for
+each loss and fold trains a model and evaluates it on the fold's held-out cases at their original
+voxel grid, writing::
+
+    <out>/<loss>/fold<k>/history.csv   per-epoch loss, validation Dice, learning rate
+    <out>/<loss>/fold<k>/model.pt      best checkpoint (by validation Dice), usable by `spineloss predict`
+    <out>/<loss>/fold<k>/metrics.json  per-case metrics and their means (written last: marks the run done)
+    <out>/summary.{md,csv,tex}         the results table
+
+A (loss, fold) with a ``metrics.json`` is not run again; one interrupted mid-way resumes from its
+``last.pt``. The same seed gives the same folds and, on the CPU, the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data.augment import AugmentConfig
+from .data.preprocess import PreprocessConfig
+from .training import ModelConfig, TrainConfig, evaluate_cases, load_checkpoint, train_fold, write_json
+
+__all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
+
+log = logging.getLogger("spineloss.experiment")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss of the experiment: the row name, the registry name (or ``{name: weight}``), parameters."""
+
+    name: str
+    loss: Any
+    params: dict = field(default_factory=dict)
+
+    def build(self):
+        from .losses import build_loss
+        return build_loss(self.loss, **self.params)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cases come from: a data set folder, or a built-in phantom written on first use.
+
+    Args:
+        path: an nnU-Net v2 or MSD folder (relative paths are relative to the current directory).
+        phantom: ``{region, cases, shape, seed}`` of a synthetic data set, written under the output
+            folder (``<out>/data``) when ``path`` is not given.
+        label_mode: ``multiclass`` (labels as declared) or ``binary`` (all foreground merged).
+        cache: folder of the preprocessing cache (default ``<out>/cache``).
+    """
+
+    path: str | None = None
+    phantom: dict | None = None
+    label_mode: str = "multiclass"
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.phantom is None):
+            raise ValueError("[data] needs exactly one of 'path' (a data set folder) or 'phantom' "
+                             "(a table {region, cases, shape, seed})")
+        if self.label_mode not in ("multiclass", "binary"):
+            raise ValueError(f"[data] label_mode must be 'multiclass' or 'binary', got {self.label_mode!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment (one TOML file)."""
+
+    name: str
+    data: DataConfig
+    losses: tuple[LossSpec, ...]
+    folds: int = 3
+    seed: int = 0
+    output: str | None = None
+    table_distance: str = "hd"
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"[experiment] folds must be >= 2 for cross-validation, got {self.folds}")
+        if not self.losses:
+            raise ValueError("the config names no loss: add `losses = [\"dice\", ...]` or [[losses]] tables")
+        names = [s.name for s in self.losses]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"loss names must be unique (they name the result folders), repeated: {dupes}")
+        if self.table_distance not in ("hd", "hd95"):
+            raise ValueError(f"[experiment] table_distance must be 'hd' or 'hd95', got {self.table_distance!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["losses"] = [asdict(s) for s in self.losses]
+        return d
+
+
+def _section(cls, table: dict | None, where: str, **overrides):
+    table = dict(table or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"[{where}] unknown key(s) {unknown}; known: {sorted(known)}")
+    for key in ("target_spacing", "clip_percentiles", "patch_size"):
+        if key in table and table[key] is not None:
+            table[key] = tuple(table[key])
+    table.update({k: v for k, v in overrides.items() if k not in table})
+    return cls(**table)
+
+
+def _loss_specs(raw) -> tuple[LossSpec, ...]:
+    specs = []
+    for item in raw or []:
+        if isinstance(item, str):
+            specs.append(LossSpec(item, item))
+        elif isinstance(item, dict):
+            item = dict(item)
+            loss = item.pop("loss", item.get("name"))
+            name = item.pop("name", None) or (loss if isinstance(loss, str) else None)
+            if name is None:
+                raise ValueError(f"a [[losses]] entry with a weighted sum needs a 'name': {item}")
+            params = item.pop("params", {})
+            if item:
+                raise ValueError(f"[[losses]] '{name}': unknown key(s) {sorted(item)}; use name, loss, params")
+            specs.append(LossSpec(str(name), loss, dict(params)))
+        else:
+            raise ValueError(f"a loss must be a name or a table, got {item!r}")
+    return tuple(specs)
+
+
+def config_from_dict(raw: dict) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from the parsed TOML."""
+    raw = dict(raw)
+    exp = dict(raw.pop("experiment", {}))
+    losses = _loss_specs(raw.pop("losses", exp.pop("losses", None)))
+    allowed = {"data", "preprocess", "model", "training", "augment"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; known: experiment, losses, {sorted(allowed)}")
+    seed = int(exp.get("seed", 0))
+    known_exp = {"name", "folds", "seed", "output", "table_distance"}
+    if set(exp) - known_exp:
+        raise ValueError(f"[experiment] unknown key(s) {sorted(set(exp) - known_exp)}; known: {sorted(known_exp)}")
+    return ExperimentConfig(
+        name=str(exp.get("name", "experiment")), data=_section(DataConfig, raw.get("data"), "data"),
+        losses=losses, folds=int(exp.get("folds", 3)), seed=seed, output=exp.get("output"),
+        table_distance=exp.get("table_distance", "hd"),
+        preprocess=_section(PreprocessConfig, raw.get("preprocess"), "preprocess"),
+        model=_section(ModelConfig, raw.get("model"), "model"),
+        training=_section(TrainConfig, raw.get("training"), "training", seed=seed),
+        augment=_section(AugmentConfig, raw.get("augment"), "augment"))
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a TOML experiment config; errors name the file and the key to fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+    try:
+        return config_from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def make_folds(case_ids: Sequence[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Seeded k-fold split: ``[(train_ids, val_ids), ...]``; every case is validated exactly once.
+
+    The sorted ids are permuted with ``numpy.random.default_rng(seed)`` and cut into ``folds`` nearly
+    equal parts (``numpy.array_split``), so the same ids and seed always give the same folds.
+    """
+    ids = sorted(case_ids)
+    if len(ids) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    parts = [sorted(ids[i] for i in part) for part in np.array_split(order, folds)]
+    return [([c for j, p in enumerate(parts) if j != k for c in p], parts[k]) for k in range(folds)]
+
+
+def resolve_data(config: ExperimentConfig, out_dir: Path) -> Path:
+    """The data set folder, writing the phantom data set first when the config asks for one."""
+    if config.data.path is not None:
+        return Path(config.data.path)
+    from .data.phantom import write_phantom_dataset
+    ph = dict(config.data.phantom)
+    target = out_dir / "data"
+    marker = target / ".phantom.json"
+    if not (marker.exists() and json.loads(marker.read_text()) == ph):
+        write_phantom_dataset(target, region=ph.get("region", "lumbar"), cases=int(ph.get("cases", 12)),
+                              seed=int(ph.get("seed", 0)), shape=tuple(ph.get("shape", (96, 96, 40))))
+        marker.write_text(json.dumps(ph))
+    return target
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
+                   progress: bool = True, only_losses: Sequence[str] | None = None) -> str:
+    """Run every (loss, fold) not yet finished, then write and return the summary table."""
+    from .data.layout import check_dataset
+    from .data.loader import prepare_cases
+    from .report import write_summary
+
+    out_dir = Path(out_dir or config.output or f"runs/{config.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "experiment.json", config.to_dict())
+    data_dir = resolve_data(config, out_dir)
+    info = check_dataset(data_dir)
+    label_mode = config.data.label_mode
+    num_classes = info.num_classes_for(label_mode)
+    label_names = info.label_names(label_mode)
+    cases_by_id = {c.case_id: c for c in info.cases}
+    t0 = time.perf_counter()
+    prepared = prepare_cases(info, info.cases, config.preprocess, label_mode,
+                             cache_dir=config.data.cache or out_dir / "cache")
+    prepared = {p.case_id: p for p in prepared}
+    log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
+    splits = make_folds(list(cases_by_id), config.folds, config.seed)
+    write_json(out_dir / "folds.json", [{"train": tr, "val": va} for tr, va in splits])
+    specs = [s for s in config.losses if only_losses is None or s.name in only_losses]
+    for spec in specs:
+        for k, (train_ids, val_ids) in enumerate(splits):
+            run_dir = out_dir / spec.name / f"fold{k}"
+            if (run_dir / "metrics.json").exists():
+                print(f"[{spec.name} fold {k}] done already, skipped", flush=True)
+                continue
+            print(f"[{spec.name} fold {k}] training on {len(train_ids)} cases, validating on "
+                  f"{len(val_ids)}", flush=True)
+            t = time.perf_counter()
+            train_fold([prepared[i] for i in train_ids], [prepared[i] for i in val_ids], spec.build(),
+                       num_classes, run_dir, model_config=config.model, train_config=config.training,
+                       augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
+                       label_names=label_names, progress=progress)
+            model, _ = load_checkpoint(run_dir / "model.pt")
+            metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
+                                     labels=sorted(k for k in label_names if k > 0))
+            metrics["train_seconds"] = time.perf_counter() - t
+            write_json(run_dir / "metrics.json", metrics)
+            mean = metrics["mean"].get("mean", {})
+            print(f"[{spec.name} fold {k}] Dice {mean.get('dice', float('nan')):.4f}  "
+                  f"HD {mean.get('hd', float('nan')):.2f} mm  ({metrics['train_seconds']:.0f} s)", flush=True)
+    return write_summary(out_dir, distance=config.table_distance)

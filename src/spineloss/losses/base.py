@@ -1,0 +1,617 @@
+"""Shared machinery of every spineloss loss: the :class:`Loss` base class, input checking, tunable parameters.
+
+Conventions (one place for all losses)
+--------------------------------------
+* ``input``: logits ``B x C x D x H x W`` (any float dtype; the loss computes in float32 with autocast off).
+  ``C == 1`` is a binary problem with a sigmoid; ``C > 1`` uses a softmax over the channel axis unless
+  ``activation="sigmoid"`` asks for independent (multi-label) channels.
+* ``target``: an integer label map ``B x 1 x D x H x W`` or ``B x D x H x W`` with values in ``[0, C)``
+  (``{0, 1}`` when ``C == 1``), or a one-hot / soft target ``B x C x D x H x W`` of probabilities in ``[0, 1]``
+  (MixUp). With a softmax the channels of a soft target should sum to one; that is not checked (it would cost a
+  pass over the tensor).
+* ``dist_map`` (optional, only read by distance losses): float ``B x C x D x H x W`` signed distance maps of
+  the ground truth as made by :func:`spineloss.losses.distance_maps.signed_distance_maps` in the data
+  pipeline. Without it a distance loss computes the maps itself (slower).
+* ``reduction``: ``"mean"`` (default), ``"sum"`` or ``"none"``; each loss documents what "none" returns.
+* Validation: shapes, dtypes, label range and soft-target range raise :class:`ValueError` before any work.
+  Non-finite logits are detected after the fact, on the loss value (a NaN or Inf in the logits always reaches
+  the loss through the sums), so the check costs one tiny reduction instead of a pass over the logits
+  (``torch.isfinite(logits).all()`` costs about as much as a softmax on CPU); only when the loss is not finite
+  are the logits inspected to write the error message. Set ``loss.validate = False`` to skip it.
+
+The sufficient-statistics trick
+-------------------------------
+With a softmax and an integer label map, every region loss (Dice, IoU, Tversky, ...) depends on the
+probabilities only through per-(batch, class) sums ``tp = sum p_y``, ``sum p`` (and ``sum p^2``), and the
+distribution losses only through ``log p_y`` at each voxel. :class:`_SoftmaxLabelStats` computes all of them
+in one pass after one softmax and writes the gradient of the logits directly in its backward
+(``dL/dx = p * (G - sum_c p_c G_c)`` with ``G`` the gradient with respect to the probabilities), without ever
+building a one-hot tensor. This is what makes the region and distribution losses faster than MONAI's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Bounds",
+    "Loss",
+    "LossInput",
+    "LossNotPreparedError",
+    "ParamSpec",
+    "REDUCTIONS",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+ACTIVATIONS = ("softmax", "sigmoid")
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class LossNotPreparedError(RuntimeError):
+    """A loss that needs dataset statistics (``prepare()``) was used before they were given."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Accepted range of a tunable parameter (class-level declaration; see :class:`ParamSpec`)."""
+
+    low: float
+    high: float
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    log_scale: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One tunable parameter of a loss: its current value and the range it may take.
+
+    ``low``/``high`` are the accepted bounds (inclusive or not); ``log_scale`` suggests sampling it on a log
+    scale. A tuner reads these from :meth:`Loss.tunable_parameters` and writes with :meth:`Loss.set_parameter`.
+    """
+
+    name: str
+    value: float
+    low: float
+    high: float
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    log_scale: bool = False
+    doc: str = ""
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies inside the bounds."""
+        v = float(value)
+        if math.isnan(v):
+            return False
+        above = v >= self.low if self.low_inclusive else v > self.low
+        below = v <= self.high if self.high_inclusive else v < self.high
+        return above and below
+
+    def interval(self) -> str:
+        """The bounds written as an interval, e.g. ``(0, 1]``."""
+        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
+
+    def check(self, value: Any, owner: str = "") -> float:
+        """Return ``value`` as a float, or raise ``ValueError`` saying which parameter and why."""
+        where = f"{owner}: " if owner else ""
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where}parameter {self.name!r} must be a number, got {value!r}")
+        if not self.contains(value):
+            raise ValueError(f"{where}parameter {self.name!r} must be in {self.interval()}, got {value!r}")
+        return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# small validators shared by the loss constructors
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any], owner: str) -> Any:
+    """``value`` if it is one of ``choices`` else a ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any, owner: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_weights(name: str, value: Any, owner: str, allow_scalar: bool = True) -> Tensor | None:
+    """Class weights: None, a non-negative number, or a 1-D sequence of non-negative finite numbers."""
+    if value is None:
+        return None
+    try:
+        w = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{owner}: {name} must be a number or a sequence of numbers, got {value!r}") from exc
+    if w.ndim > 1 or (w.ndim == 0 and not allow_scalar) or w.numel() == 0:
+        raise ValueError(f"{owner}: {name} must be {'a number or ' if allow_scalar else ''}a 1-D sequence, "
+                         f"got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"{owner}: {name} must be finite and >= 0, got {w.tolist()}")
+    return w
+
+
+def check_spacing(value: Any, owner: str) -> tuple[float, float, float]:
+    """Voxel spacing in mm per spatial axis (D, H, W): three positive finite numbers."""
+    try:
+        sp = tuple(float(v) for v in value)
+    except TypeError as exc:
+        raise ValueError(f"{owner}: spacing must be a sequence of 3 positive numbers (mm), got {value!r}") from exc
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"{owner}: spacing must be 3 positive finite numbers (mm, axes D, H, W), got {value!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _no_autocast(device_type: str):
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type without autocast support
+        return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fused softmax statistics for integer label maps
+
+
+class _SoftmaxLabelStats(torch.autograd.Function):
+    """Softmax of ``x`` (B, C, N) and, for labels ``y`` (B, 1, N), the statistics the losses need.
+
+    Outputs ``p`` (B, C, N), ``tp[b, c] = sum_{n: y=c} p_c``, ``sp[b, c] = sum_n p_c``,
+    ``sq[b, c] = sum_n p_c^2`` (zeros unless ``squared``) and ``lpt[b, 0, n] = log p_{y_n}``.
+    The backward forms ``G = dL/dp`` implicitly and returns ``p * (G - sum_c p_c G_c)``, plus the
+    ``log p_y`` term ``g * (e_y - p)``, without materialising a one-hot tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, labels: Tensor, squared: bool):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        p = torch.softmax(x, dim=1)
+        pt = p.gather(1, labels)
+        lpt = torch.log(pt)
+        small = pt < 1e-30  # underflow (logit gaps of ~70 or more): recompute those log p_y exactly
+        if bool(small.any()):
+            b, _, n = small.nonzero(as_tuple=True)
+            xs = x[b, :, n]  # (K, C)
+            exact = xs.gather(1, labels[b, :, n]) - torch.logsumexp(xs, dim=1, keepdim=True)
+            lpt[b, 0, n] = exact[:, 0]
+        B, C, _ = x.shape
+        flat = (labels[:, 0] + C * torch.arange(B, device=x.device)[:, None]).reshape(-1)
+        tp = torch.bincount(flat, weights=pt.reshape(-1), minlength=B * C).reshape(B, C).to(x.dtype)
+        sp = p.sum(dim=2)
+        sq = p.square().sum(dim=2) if squared else torch.zeros_like(sp)
+        ctx.save_for_backward(p, labels, pt)
+        return p, tp, sp, sq, lpt
+
+    @staticmethod
+    def backward(ctx, g_p, g_tp, g_sp, g_sq, g_lpt):  # type: ignore[override]
+        p, labels, pt = ctx.saved_tensors
+        B, C, N = p.shape
+        # dL/dp_c(n) = D_c(n) + a_c + e_y(n)_c * t(n)   with
+        #   D = g_p + 2 g_sq p (dense part), a = g_sp (per class), t = g_tp[y] (at the label)
+        dense = g_p
+        if g_sq is not None:
+            sq_part = p * (2.0 * g_sq)[:, :, None]
+            dense = sq_part if dense is None else dense + sq_part
+        a = g_sp if g_sp is not None else None
+        t = g_tp.gather(1, labels[:, 0]).unsqueeze(1) if g_tp is not None else None  # (B, 1, N)
+        # s(n) = sum_c p_c dL/dp_c
+        s = torch.zeros((B, 1, N), dtype=p.dtype, device=p.device)
+        if dense is not None:
+            s = s + (p * dense).sum(dim=1, keepdim=True)
+        if a is not None:
+            s = s + torch.bmm(a[:, None, :], p)
+        if t is not None:
+            s = s + pt * t
+        if g_lpt is not None:
+            s = s + g_lpt
+        # grad = p * (D + a - s) + e_y * (p_y t + g_lpt)
+        inner = -s if a is None else a[:, :, None] - s
+        if dense is not None:
+            inner = inner + dense
+        grad = p * inner
+        at_label = None
+        if t is not None:
+            at_label = pt * t
+        if g_lpt is not None:
+            at_label = g_lpt if at_label is None else at_label + g_lpt
+        if at_label is not None:
+            grad.scatter_add_(1, labels, at_label)
+        return grad, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the checked, shared view of one call's inputs
+
+
+class LossInput:
+    """Validated inputs of one loss call, with cached derived quantities shared by the terms of a compound.
+
+    Attributes: ``x`` logits (B, C, N) float32; ``labels`` (B, 1, N) int64 for the softmax label-map path, else
+    None; ``soft`` (B, C, N) float32 target otherwise; ``activation``; ``spatial`` shape; ``dist_map``
+    (B, C, N) float32 or None.
+    """
+
+    def __init__(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None,
+                 activation: str | None = None, owner: str = "loss") -> None:
+        self.owner = owner
+        if not isinstance(input, Tensor):
+            raise ValueError(f"{owner}: input must be a torch.Tensor of logits, got {type(input).__name__}")
+        if input.ndim != 5:
+            raise ValueError(f"{owner}: input must be logits of shape B x C x D x H x W, "
+                             f"got shape {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise ValueError(f"{owner}: input must be floating point logits, got dtype {input.dtype}")
+        if not isinstance(target, Tensor):
+            raise ValueError(f"{owner}: target must be a torch.Tensor, got {type(target).__name__}")
+        B, C = int(input.shape[0]), int(input.shape[1])
+        if B == 0 or C == 0 or input.numel() == 0:
+            raise ValueError(f"{owner}: input is empty, shape {tuple(input.shape)}")
+        self.B, self.C = B, C
+        self.spatial = tuple(int(s) for s in input.shape[2:])
+        self.N = int(np.prod(self.spatial))
+        act = activation if activation is not None else ("softmax" if C > 1 else "sigmoid")
+        if act == "softmax" and C == 1:
+            raise ValueError(f"{owner}: activation='softmax' needs C > 1 channels, got C = 1 "
+                             "(use the default sigmoid for a binary problem)")
+        self.activation = act
+        self.device = input.device
+        self.x = input.float().reshape(B, C, self.N)
+        if not self.x.is_contiguous():
+            self.x = self.x.contiguous()
+        self.labels: Tensor | None = None
+        self.soft: Tensor | None = None
+        self._set_target(target)
+        self.dist_map = self._check_dist_map(dist_map)
+        self._cache: dict[Any, Any] = {}
+        self.want_squared = False  # set by the loss before the first statistics are computed
+        self.prefer_stats = False  # True when some term reads the fused statistics: CE then shares them
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def _set_target(self, target: Tensor) -> None:
+        owner, B, C, S = self.owner, self.B, self.C, self.spatial
+        if target.device != self.device:
+            raise ValueError(f"{owner}: target is on {target.device} but input is on {self.device}")
+        shape = tuple(target.shape)
+        if target.ndim == 4:
+            labels = target
+            if shape[0] != B or shape[1:] != S:
+                raise ValueError(f"{owner}: label map of shape {shape} does not match input {(B, C) + S}; "
+                                 f"expected {(B,) + S} or {(B, 1) + S}")
+        elif target.ndim == 5:
+            if shape[0] != B or shape[2:] != S:
+                raise ValueError(f"{owner}: target shape {shape} does not match input shape {(B, C) + S} "
+                                 "(batch and spatial sizes must agree)")
+            if shape[1] == C and (C > 1 or target.is_floating_point()):
+                self._set_soft(target)
+                return
+            if shape[1] != 1:
+                raise ValueError(f"{owner}: target has {shape[1]} channels; expected 1 (label map) or C = {C} "
+                                 f"(one-hot / soft target), shape {shape}")
+            labels = target[:, 0]
+        else:
+            raise ValueError(f"{owner}: target must be a label map B x [1 x] D x H x W or a one-hot/soft "
+                             f"target B x C x D x H x W, got shape {shape}")
+        labels = self._check_labels(labels)
+        if self.activation == "softmax":
+            self.labels = labels.reshape(B, 1, self.N)
+        elif C == 1:
+            self.soft = labels.reshape(B, 1, self.N).float()
+        else:  # multi-label sigmoid with a label map: one-hot channels
+            ar = torch.arange(C, device=self.device).view(1, C, 1)
+            self.soft = (labels.reshape(B, 1, self.N) == ar).float()
+
+    def _check_labels(self, labels: Tensor) -> Tensor:
+        owner, C = self.owner, self.C
+        if labels.dtype == torch.bool:
+            labels = labels.long()
+        elif labels.is_floating_point():
+            if not bool((labels == torch.round(labels)).all()):
+                raise ValueError(f"{owner}: a 1-channel float target is read as a label map and must hold whole "
+                                 "numbers; for a soft binary target use C = 1 logits, for soft multi-class "
+                                 "targets pass B x C x ... probabilities")
+            labels = labels.long()
+        elif labels.is_complex():
+            raise ValueError(f"{owner}: target dtype {labels.dtype} is not supported")
+        else:
+            labels = labels.long()
+        if labels.numel():
+            lo, hi = torch.aminmax(labels)
+            lo, hi = int(lo), int(hi)
+            top = 1 if C == 1 else C - 1
+            if lo < 0:
+                raise ValueError(f"{owner}: target labels must be >= 0, found {lo}")
+            if hi > top:
+                if C == 1:
+                    raise ValueError(f"{owner}: with C = 1 (binary, sigmoid) the target must be 0/1, found label {hi}")
+                raise ValueError(f"{owner}: target label {hi} >= number of channels C = {C} "
+                                 f"(labels must be in [0, {C - 1}])")
+        return labels
+
+    def _set_soft(self, target: Tensor) -> None:
+        owner = self.owner
+        soft = target.float() if target.dtype != torch.float32 else target
+        if soft.numel():
+            lo, hi = torch.aminmax(soft)
+            lo, hi = float(lo), float(hi)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{owner}: the soft/one-hot target contains NaN or Inf")
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(f"{owner}: a one-hot/soft target must hold probabilities in [0, 1], "
+                                 f"found values in [{lo:g}, {hi:g}]")
+        self.soft = soft.reshape(self.B, self.C, self.N)
+
+    def _check_dist_map(self, dist_map: Tensor | None) -> Tensor | None:
+        if dist_map is None:
+            return None
+        owner = self.owner
+        if not isinstance(dist_map, Tensor):
+            raise ValueError(f"{owner}: dist_map must be a torch.Tensor or None, got {type(dist_map).__name__}")
+        want = (self.B, self.C) + self.spatial
+        if tuple(dist_map.shape) != want:
+            raise ValueError(f"{owner}: dist_map must have shape B x C x D x H x W = {want} (one signed distance "
+                             f"map per class, all C classes), got {tuple(dist_map.shape)}")
+        if not dist_map.is_floating_point():
+            raise ValueError(f"{owner}: dist_map must be floating point, got {dist_map.dtype}")
+        return dist_map.to(device=self.device, dtype=torch.float32).reshape(self.B, self.C, self.N)
+
+    # -- cached quantities --------------------------------------------------------------------------------
+    @property
+    def label_path(self) -> bool:
+        """True for the fast path: softmax with an integer label map."""
+        return self.labels is not None
+
+    def label_stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(p, tp, sum_p, sum_p2, log_p_y)`` from :class:`_SoftmaxLabelStats` (label path only)."""
+        key = ("stats",)
+        if key not in self._cache:
+            assert self.labels is not None
+            self._cache[key] = _SoftmaxLabelStats.apply(self.x, self.labels, bool(self.want_squared))
+        return self._cache[key]
+
+    def probs(self) -> Tensor:
+        """Probabilities (B, C, N): softmax over channels or elementwise sigmoid."""
+        if self.label_path:
+            return self.label_stats()[0]
+        key = ("probs",)
+        if key not in self._cache:
+            self._cache[key] = torch.softmax(self.x, 1) if self.activation == "softmax" else torch.sigmoid(self.x)
+        return self._cache[key]
+
+    def log_probs(self) -> Tensor:
+        """``log_softmax`` of the logits (softmax path only)."""
+        key = ("log_probs",)
+        if key not in self._cache:
+            self._cache[key] = torch.log_softmax(self.x, 1)
+        return self._cache[key]
+
+    def counts(self) -> Tensor:
+        """Per-(batch, class) target mass ``sum_n t_c(n)`` (B, C) float32 (voxel counts for label maps)."""
+        key = ("counts",)
+        if key not in self._cache:
+            if self.label_path:
+                assert self.labels is not None
+                B, C = self.B, self.C
+                flat = (self.labels[:, 0] + C * torch.arange(B, device=self.device)[:, None]).reshape(-1)
+                self._cache[key] = torch.bincount(flat, minlength=B * C).reshape(B, C).to(torch.float32)
+            else:
+                assert self.soft is not None
+                self._cache[key] = self.soft.sum(dim=2)
+        return self._cache[key]
+
+    def region_stats(self, squared: bool = False, soft_label: bool = False) -> dict[str, Tensor]:
+        """Per-(batch, class) sums ``tp, sp, st`` (+ ``sp2, st2`` when squared) over all C channels.
+
+        ``tp = sum p t``, ``sp = sum p``, ``st = sum t``; with ``soft_label`` and a soft target,
+        ``tp = (sum p + sum t - sum |p - t|) / 2`` (Wang & Blaschko 2023), equal to ``sum p t`` for hard targets.
+        """
+        key = ("region", squared, soft_label and not self.label_path)
+        if key in self._cache:
+            return self._cache[key]
+        if self.label_path:
+            _, tp, sp, sq, _ = self.label_stats()
+            st = self.counts()
+            out = {"tp": tp, "sp": sp, "st": st}
+            if squared:
+                if not self.want_squared:
+                    raise RuntimeError("internal: squared statistics requested but not prepared")
+                out.update(sp2=sq, st2=st)
+        else:
+            p, t = self.probs(), self.soft
+            assert t is not None
+            sp = p.sum(dim=2)
+            st = self.counts()
+            if soft_label:
+                tp = 0.5 * (sp + st - (p - t).abs().sum(dim=2))
+            else:
+                tp = (p * t).sum(dim=2)
+            out = {"tp": tp, "sp": sp, "st": st}
+            if squared:
+                out.update(sp2=p.square().sum(dim=2), st2=t.square().sum(dim=2))
+        self._cache[key] = out
+        return out
+
+    def target_masks(self, classes: Sequence[int]) -> Tensor:
+        """Boolean ground-truth masks (B, len(classes), N): ``label == c`` or ``soft_c > 0.5``."""
+        key = ("masks", tuple(classes))
+        if key not in self._cache:
+            if self.label_path:
+                assert self.labels is not None
+                cls = torch.as_tensor(list(classes), device=self.device).view(1, -1, 1)
+                self._cache[key] = self.labels == cls
+            else:
+                assert self.soft is not None
+                self._cache[key] = self.soft[:, list(classes)] > 0.5
+        return self._cache[key]
+
+    def target_values(self, classes: Sequence[int]) -> Tensor:
+        """Target probabilities (B, len(classes), N) as float (one-hot for label maps)."""
+        if self.label_path:
+            return self.target_masks(classes).float()
+        assert self.soft is not None
+        if list(classes) == list(range(self.C)):
+            return self.soft
+        return self.soft[:, list(classes)]
+
+    def gt_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float]) -> Tensor:
+        """Signed distance maps of the ground truth (B, len(classes), N): from ``dist_map`` or computed."""
+        if self.dist_map is not None:
+            if list(classes) == list(range(self.C)):
+                return self.dist_map
+            return self.dist_map[:, list(classes)]
+        key = ("gt_maps", tuple(classes), tuple(spacing))
+        if key not in self._cache:
+            from .distance_maps import signed_distance_maps_torch
+
+            tgt = self.labels[:, 0].reshape((self.B,) + self.spatial) if self.label_path else \
+                self.soft.reshape((self.B, self.C) + self.spatial)  # type: ignore[union-attr]
+            maps = signed_distance_maps_torch(tgt, self.C, spacing=spacing, classes=classes)
+            self._cache[key] = maps.reshape(self.B, len(classes), self.N)
+        return self._cache[key]
+
+    def pred_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float]) -> Tensor:
+        """Signed distance maps (B, len(classes), N) of the thresholded prediction ``p > 0.5`` (no gradient)."""
+        key = ("pred_maps", tuple(classes), tuple(spacing))
+        if key not in self._cache:
+            from .distance_maps import prediction_signed_maps
+
+            p = self.probs().detach().reshape((self.B, self.C) + self.spatial)
+            maps = prediction_signed_maps(p, self.activation, classes=classes, spacing=spacing)
+            self._cache[key] = maps.reshape(self.B, len(classes), self.N)
+        return self._cache[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the base class
+
+
+class Loss(nn.Module):
+    """Base class of every spineloss loss.
+
+    Subclasses implement :meth:`compute` on a :class:`LossInput`; :meth:`forward` does the checking, turns
+    autocast off and casts to float32. Class attributes: ``name`` (registry name), ``needs_distance_maps``
+    (True when the data pipeline should hand ``dist_map`` in) and ``tunables`` (name -> :class:`Bounds`, the
+    parameters a tuner may move; their current value is the attribute of the same name).
+    """
+
+    name: ClassVar[str] = "loss"
+    needs_distance_maps: ClassVar[bool] = False
+    tunables: ClassVar[dict[str, Bounds]] = {}
+    #: reductions this loss accepts
+    reductions: ClassVar[tuple[str, ...]] = REDUCTIONS
+    #: whether the loss reads the fused softmax statistics (label maps); tells CE to share them in compounds
+    uses_label_stats: ClassVar[bool] = False
+
+    def __init__(self, *, reduction: str = "mean", activation: str | None = None) -> None:
+        super().__init__()
+        self.reduction = check_choice("reduction", reduction, self.reductions, self._owner())
+        if activation is not None:
+            check_choice("activation", activation, ACTIVATIONS + (None,), self._owner())
+        self.activation = activation
+        #: check that the loss value is finite (and name the culprit) after each call
+        self.validate = True
+
+    # -- tunable parameters ---------------------------------------------------------------------------------
+    def _owner(self) -> str:
+        return f"{self.name} loss"
+
+    def tunable_parameters(self) -> dict[str, ParamSpec]:
+        """The parameters a tuner may change, with their current values and accepted bounds."""
+        out = {}
+        for pname, b in self.tunables.items():
+            value = getattr(self, pname)
+            if value is None or not isinstance(value, (int, float)):
+                continue  # e.g. focal alpha=None or a per-class sequence: not a scalar knob right now
+            out[pname] = ParamSpec(pname, float(value), b.low, b.high, b.low_inclusive, b.high_inclusive,
+                                   b.log_scale, b.doc)
+        return out
+
+    def _spec(self, pname: str, value: float = 0.0) -> ParamSpec:
+        b = self.tunables[pname]
+        return ParamSpec(pname, value, b.low, b.high, b.low_inclusive, b.high_inclusive, b.log_scale, b.doc)
+
+    def set_parameter(self, name: str, value: float) -> None:
+        """Set a tunable parameter after checking its bounds (``ValueError`` if unknown or out of range)."""
+        if name not in self.tunables:
+            raise ValueError(f"{self._owner()}: unknown tunable parameter {name!r}; "
+                             f"tunable parameters are {sorted(self.tunables)}")
+        setattr(self, name, self._spec(name).check(value, self._owner()))
+
+    def _init_tunable(self, name: str, value: Any, optional: bool = False) -> None:
+        if optional and value is None:
+            setattr(self, name, None)
+            return
+        setattr(self, name, self._spec(name).check(value, self._owner()))
+
+    def prepare(self, class_voxel_counts: np.ndarray) -> None:
+        """Hook called once before training with the per-class voxel counts of the training labels.
+
+        No-op by default; see :class:`~spineloss.losses.distribution.WeightedCrossEntropyLoss`.
+        """
+        return None
+
+    # -- computation --------------------------------------------------------------------------------------
+    def wants_squared(self) -> bool:
+        """Whether this loss needs ``sum p^2`` statistics (Dice/IoU with ``squared_pred``)."""
+        return False
+
+    def make_input(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> LossInput:
+        """Check the inputs and build the shared :class:`LossInput` (float32)."""
+        batch = LossInput(input, target, dist_map, activation=self.activation, owner=self._owner())
+        batch.want_squared = self.wants_squared()
+        batch.prefer_stats = self.uses_label_stats
+        return batch
+
+    def forward(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> Tensor:
+        """Loss of logits ``input`` (B x C x D x H x W) against ``target``; see the module docstring."""
+        with _no_autocast(input.device.type if isinstance(input, Tensor) else "cpu"):
+            batch = self.make_input(input, target, dist_map)
+            out = self.compute(batch)
+        if self.validate:
+            _check_finite(out, input, dist_map, self._owner())
+        return out
+
+    def compute(self, batch: LossInput) -> Tensor:  # pragma: no cover - abstract
+        """The loss on checked inputs; implemented by each loss."""
+        raise NotImplementedError
+
+    def reduce(self, values: Tensor) -> Tensor:
+        """Apply ``self.reduction`` to per-item values."""
+        if self.reduction == "mean":
+            return values.mean()
+        if self.reduction == "sum":
+            return values.sum()
+        return values
+
+    def extra_repr(self) -> str:
+        parts = [f"{k}={getattr(self, k)!r}" for k in self.tunables if hasattr(self, k)]
+        parts.append(f"reduction={self.reduction!r}")
+        return ", ".join(parts)
+
+
+def _check_finite(out: Tensor, input: Tensor, dist_map: Tensor | None, owner: str) -> None:
+    if bool(torch.isfinite(out).all()):
+        return
+    bad = ~torch.isfinite(input)
+    n_bad = int(bad.sum())
+    if n_bad:
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        kind = "NaN" if bool(torch.isnan(input).any()) else "Inf"
+        raise ValueError(f"{owner}: the logits contain {n_bad} non-finite value(s) ({kind}), the first at index "
+                         f"{first} of input shape {tuple(input.shape)}")
+    if dist_map is not None and not bool(torch.isfinite(dist_map).all()):
+        raise ValueError(f"{owner}: dist_map contains NaN or Inf")
+    raise ValueError(f"{owner}: the loss is not finite although the logits are finite "
+                     "(check the target, the class weights and the parameters)")

@@ -1,0 +1,150 @@
+"""Distance losses: the distance-transform Hausdorff loss and the boundary loss.
+
+Both read the signed distance maps ``phi`` of the ground truth defined in
+:mod:`spineloss.losses.distance_maps` (negative inside, positive outside, in mm, 0 for an empty or full
+class). The data pipeline computes them once per augmented sample with ``signed_distance_maps`` and hands
+them in as ``dist_map`` (``B x C x D x H x W``, all C classes) when ``loss.needs_distance_maps``; without
+them the loss computes them itself with the same fast exact EDT (one multi-label pass plus one pass per
+present class and sample), never scipy per channel. ``spacing`` (mm, axes D, H, W) must be the spacing the
+maps were computed with; it is used when the loss computes maps itself (ground truth without ``dist_map``,
+and the prediction's maps of the Hausdorff loss) and for the boundary loss's inside offset.
+
+``reduction="none"`` returns one value per (batch item, class): ``B x C'`` (``1 x C'`` with ``batch=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Bounds, Loss, LossInput, check_bool, check_spacing
+
+__all__ = ["BoundaryLoss", "HausdorffDTLoss"]
+
+
+class _DistanceLoss(Loss):
+    needs_distance_maps = True
+
+    def __init__(self, include_background: bool, spacing: Any, batch: bool, reduction: str,
+                 activation: str | None) -> None:
+        super().__init__(reduction=reduction, activation=activation)
+        owner = self._owner()
+        self.include_background = check_bool("include_background", include_background, owner)
+        self.spacing = check_spacing(spacing, owner)
+        self.batch = check_bool("batch", batch, owner)
+
+    def classes(self, batch: LossInput) -> list[int]:
+        start = 0 if (self.include_background or batch.C == 1) else 1
+        return list(range(start, batch.C))
+
+    def finish(self, per_item: Tensor) -> Tensor:
+        if self.batch:
+            per_item = per_item.mean(dim=0, keepdim=True)
+        return self.reduce(per_item)
+
+
+class HausdorffDTLoss(_DistanceLoss):
+    """Distance-transform Hausdorff loss (Karimi & Salcudean 2019, "Reducing the Hausdorff distance in medical
+    image segmentation with convolutional neural networks", IEEE TMI 39(2)), their ``HD_DT`` loss::
+
+        L_c = (1/N) sum_n (p_c(n) - t_c(n))^2 (d_G(n)^alpha + d_P(n)^alpha)
+
+    ``d_G = |phi_G|`` is the distance of each voxel to the ground-truth boundary of class ``c`` (MONAI's
+    ``edt(fg) + edt(bg)``) and ``d_P`` the same for the thresholded prediction ``p_c > 0.5`` (recomputed each
+    step, no gradient); both in mm, so ``L`` scales as ``mm^alpha``. Averaged over items and classes.
+
+    Args:
+        alpha: exponent of the distances, in (0, 4] (default 2, the paper's choice).
+        include_background: default False (MONAI's default).
+        spacing: voxel spacing in mm (default (1, 1, 1)).
+        batch: average over the batch before the reduction (same mean; changes "none").
+        reduction, activation: as for every loss.
+
+    Same value as MONAI's ``HausdorffDTLoss`` with unit spacing. An empty (or full) ground-truth class has
+    ``d_G = 0``: the loss is ``mean(p^2 d_P^alpha)``, which vanishes when the prediction is empty too.
+    """
+
+    name = "hausdorff"
+    tunables = {"alpha": Bounds(0.0, 4.0, low_inclusive=False, doc="exponent of the distances")}
+
+    def __init__(self, alpha: float = 2.0, include_background: bool = False,
+                 spacing: Any = (1.0, 1.0, 1.0), batch: bool = False, reduction: str = "mean",
+                 activation: str | None = None) -> None:
+        super().__init__(include_background, spacing, batch, reduction, activation)
+        self._init_tunable("alpha", alpha)
+
+    def compute(self, batch: LossInput) -> Tensor:
+        cls = self.classes(batch)
+        p = batch.probs()
+        p = p if len(cls) == batch.C else p[:, cls[0]:]
+        with torch.no_grad():
+            phi_g = batch.gt_signed_maps(cls, self.spacing)
+            phi_p = batch.pred_signed_maps(cls, self.spacing)
+            a = float(self.alpha)
+            if a == 2.0:
+                dist = phi_g.square() + phi_p.square()
+            else:
+                dist = phi_g.abs().pow(a) + phi_p.abs().pow(a)
+        if batch.label_path:
+            diff = p - batch.target_masks(cls).to(p.dtype)
+        else:
+            diff = p - batch.target_values(cls)
+        per_item = (diff.square() * dist).mean(dim=2)
+        return self.finish(per_item)
+
+
+class BoundaryLoss(_DistanceLoss):
+    """Boundary loss (Kervadec et al. 2019, "Boundary loss for highly unbalanced segmentation", MIDL;
+    Medical Image Analysis 2021)::
+
+        L_c = (1/N) sum_n p_c(n) phi_K(n),     phi_K = phi + inside_offset * [phi < 0]
+
+    the level-set form of the distance between the predicted and the true boundary. ``phi`` is the signed
+    distance of the ground truth (negative inside); ``phi_K`` is Kervadec's reference ``one_hot2dist``
+    (``edt(~G) * ~G - (edt(G) - 1) * G``), in which the innermost layer of the object is at 0, when
+    ``inside_offset`` is one voxel. The loss is minimal (and negative) when ``p`` is 1 exactly where
+    ``phi_K < 0``; it is meant to be combined with a region loss (Kervadec et al. use Dice/GDL + alpha*boundary).
+
+    Args:
+        include_background: default True (MONAI's default; Kervadec et al. use the foreground classes only).
+        spacing: voxel spacing in mm (default (1, 1, 1)).
+        inside_offset: added to ``phi`` inside the object, in mm. Default None = the smallest spacing (1 at
+            unit spacing: Kervadec's and MONAI's map exactly); 0 uses ``phi`` as it is (then the loss scales
+            exactly with the spacing and every inside voxel pulls the prediction up).
+        batch: average over the batch before the reduction.
+        reduction, activation: as for every loss.
+
+    Same value as MONAI's ``BoundaryLoss`` at unit spacing. An empty (or full) class has ``phi = 0``, so it
+    contributes 0 (no gradient): false positives of an absent class are left to the region term.
+    """
+
+    name = "boundary"
+
+    def __init__(self, include_background: bool = True, spacing: Any = (1.0, 1.0, 1.0),
+                 inside_offset: float | None = None, batch: bool = False, reduction: str = "mean",
+                 activation: str | None = None) -> None:
+        super().__init__(include_background, spacing, batch, reduction, activation)
+        if inside_offset is not None:
+            if isinstance(inside_offset, bool) or not isinstance(inside_offset, (int, float)) \
+                    or not inside_offset >= 0 or inside_offset == float("inf"):
+                raise ValueError(f"{self._owner()}: inside_offset must be a finite number >= 0 (mm) or None, "
+                                 f"got {inside_offset!r}")
+            inside_offset = float(inside_offset)
+        self.inside_offset = inside_offset
+
+    def offset(self) -> float:
+        return min(self.spacing) if self.inside_offset is None else self.inside_offset
+
+    def compute(self, batch: LossInput) -> Tensor:
+        cls = self.classes(batch)
+        p = batch.probs()
+        p = p if len(cls) == batch.C else p[:, cls[0]:]
+        with torch.no_grad():
+            phi = batch.gt_signed_maps(cls, self.spacing)
+            off = self.offset()
+            if off != 0.0:
+                phi = torch.where(phi < 0, phi + off, phi)
+        per_item = (p * phi).sum(dim=2) / batch.N
+        return self.finish(per_item)

@@ -1,0 +1,66 @@
+"""Segment an image with a trained model: the preprocessing stored in the checkpoint, fp32 inference,
+the inverse transform to the input's grid, and a label map written with the input's affine."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["predict_array", "predict_file"]
+
+
+def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray,
+                  device: str = "cpu") -> np.ndarray:
+    """Label map (``D x H x W`` uint8, the image's grid) for ``image`` (``C x D x H x W``)."""
+    import dataclasses
+
+    from .data.preprocess import PreprocessConfig, preprocess_case, restore_to_original
+    from .training import predict_logits
+
+    config = PreprocessConfig.from_dict(checkpoint["preprocess"])
+    expected = checkpoint["model"]["in_channels"]
+    if image.shape[0] != expected:
+        raise ValueError(f"the model expects {expected} image channel(s), got {image.shape[0]}")
+    prepared, _, geometry = preprocess_case(image, None, affine, config)
+    logits, pad = predict_logits(model, prepared, device)
+    return restore_to_original(logits, dataclasses.replace(geometry, pad=pad))
+
+
+def predict_file(model_path: str | Path, inputs: Sequence[str | Path] | str | Path,
+                 output: str | Path, device: str = "auto") -> Path:
+    """Read the image file(s) (one per channel), predict, write ``output`` with the input's affine."""
+    import nibabel as nib
+
+    from .training import load_checkpoint, resolve_device
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    dev = resolve_device(device)
+    model, ckpt = load_checkpoint(model_path, dev)
+    channels, affine, header = [], None, None
+    for path in inputs:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such image file")
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: cannot read the image ({exc})") from exc
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: the image has NaN or infinite values")
+        if affine is not None and (data.shape != channels[0].shape or not np.allclose(img.affine, affine, atol=1e-3)):
+            raise ValueError(f"{path}: shape or affine differs from {inputs[0]}")
+        affine, header = (img.affine, img.header) if affine is None else (affine, header)
+        channels.append(data)
+    label = predict_array(model, ckpt, np.stack(channels), affine, dev)
+    out = nib.Nifti1Image(label.astype(np.uint8), affine)
+    out.header.set_xyzt_units(*header.get_xyzt_units())
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(out, str(output))
+    return output

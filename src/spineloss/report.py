@@ -1,0 +1,192 @@
+"""Paper-style results tables from an experiment folder.
+
+Rows are losses, columns Acc, Dice, F2, IoU, Precision, Recall (percent) and Hausdorff (mm); each
+cell is ``mean ± (std)`` over folds of the fold's mean over its validation cases of the label-mean
+entry (``"mean"``: the average over the foreground labels, L1..L5 or the single binary label). The
+best value of each column is bold (highest; lowest for Hausdorff). Distances that are NaN for some
+cases (one mask empty) are left out of that case mean and counted: a cell then carries ``[n NaN]``,
+so a failure is reported, never silently dropped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["COLUMNS", "Cell", "collect_results", "summary_rows", "format_markdown", "format_latex",
+           "format_terminal", "write_summary"]
+
+#: (column title, metric key, scale, higher is better)
+COLUMNS: list[tuple[str, str, float, bool]] = [
+    ("Acc", "accuracy", 100.0, True),
+    ("Dice", "dice", 100.0, True),
+    ("F2", "f2", 100.0, True),
+    ("IoU", "iou", 100.0, True),
+    ("Precision", "precision", 100.0, True),
+    ("Recall", "recall", 100.0, True),
+    ("Hausdorff", "hd", 1.0, False),
+]
+
+
+@dataclass
+class Cell:
+    """One table cell: the per-fold values and the NaN cases left out of them."""
+
+    values: list[float]
+    nan_cases: int = 0
+
+    @property
+    def mean(self) -> float:
+        finite = [v for v in self.values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    @property
+    def std(self) -> float:
+        finite = [v for v in self.values if math.isfinite(v)]
+        return float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0 if finite else float("nan")
+
+    def text(self, digits: int = 2) -> str:
+        if not math.isfinite(self.mean):
+            return "NaN"
+        s = f"{self.mean:.{digits}f} ± ({self.std:.{digits}f})"
+        return s + (f" [{self.nan_cases} NaN]" if self.nan_cases else "")
+
+
+def collect_results(run_dir: str | Path) -> dict[str, list[dict]]:
+    """``{loss: [metrics.json of fold 0, fold 1, ...]}`` for every finished (loss, fold) of a run."""
+    run_dir = Path(run_dir)
+    results: dict[str, list[dict]] = {}
+    order = _loss_order(run_dir)
+    for metrics_path in sorted(run_dir.glob("*/fold*/metrics.json")):
+        loss = metrics_path.parent.parent.name
+        results.setdefault(loss, []).append(json.loads(metrics_path.read_text()))
+    return {k: results[k] for k in sorted(results, key=lambda n: (order.get(n, len(order)), n))}
+
+
+def _loss_order(run_dir: Path) -> dict[str, int]:
+    cfg = run_dir / "experiment.json"
+    if cfg.exists():
+        names = [spec["name"] for spec in json.loads(cfg.read_text()).get("losses", [])]
+        return {n: i for i, n in enumerate(names)}
+    return {}
+
+
+def summary_rows(results: dict[str, list[dict]], label: str = "mean",
+                 distance: str = "hd") -> dict[str, dict[str, Cell]]:
+    """``{loss: {column: Cell}}`` from :func:`collect_results` (distance: ``hd`` or ``hd95``)."""
+    rows = {}
+    for loss, folds in results.items():
+        row = {}
+        for title, key, scale, _ in COLUMNS:
+            key = distance if key == "hd" else key
+            values, nan_cases = [], 0
+            for fold in folds:
+                value = fold["mean"].get(label, {}).get(key, float("nan"))
+                values.append(float(value) * scale)
+                nan_cases += int(fold.get("nan_counts", {}).get(label, {}).get(key, 0))
+            row[title] = Cell(values, nan_cases)
+        rows[loss] = row
+    return rows
+
+
+def _best(rows: dict[str, dict[str, Cell]]) -> dict[str, str | None]:
+    best = {}
+    for title, _, _, higher in COLUMNS:
+        cands = [(cells[title].mean, loss) for loss, cells in rows.items() if math.isfinite(cells[title].mean)]
+        best[title] = (max(cands) if higher else min(cands))[1] if cands else None
+    return best
+
+
+def _table(rows, bold) -> list[list[str]]:
+    best = _best(rows)
+    out = []
+    for loss, cells in rows.items():
+        out.append([loss] + [bold(cells[t].text()) if best[t] == loss else cells[t].text()
+                             for t, *_ in COLUMNS])
+    return out
+
+
+def _headers(distance: str) -> list[str]:
+    return ["Loss"] + [f"{t} ({'HD95, ' if distance == 'hd95' else ''}mm)" if t == "Hausdorff" else f"{t} (%)"
+                       for t, *_ in COLUMNS]
+
+
+def format_markdown(rows, distance: str = "hd") -> str:
+    """GitHub Markdown table, best of each column in ``**bold**``."""
+    head = _headers(distance)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _table(rows, lambda s: f"**{s}**")]
+    return "\n".join(lines) + "\n"
+
+
+def format_latex(rows, distance: str = "hd") -> str:
+    """A ``booktabs`` LaTeX table, best of each column in ``\\textbf``."""
+    def esc(s: str) -> str:
+        return s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("[", "{[").replace("]", "]}")
+    head = _headers(distance)
+    lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
+             " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in _table(rows, lambda s: r"\textbf{" + s + "}")]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def format_terminal(rows, distance: str = "hd", color: bool | None = None) -> str:
+    """Aligned plain-text table; the best cells bold (ANSI) on a terminal, else ``*starred*``."""
+    if color is None:
+        color = sys.stdout.isatty()
+    bold = (lambda s: f"\033[1m{s}\033[0m") if color else (lambda s: f"*{s}*")
+    table = [_headers(distance)] + _table(rows, bold)
+    visible = [[_strip_ansi(c) for c in r] for r in table]
+    widths = [max(len(r[i]) for r in visible) for i in range(len(table[0]))]
+    lines = []
+    for raw, vis in zip(table, visible):
+        lines.append("  ".join(c + " " * (w - len(v)) for c, v, w in zip(raw, vis, widths)))
+        if raw is table[0]:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def _strip_ansi(s: str) -> str:
+    return s.replace("\033[1m", "").replace("\033[0m", "")
+
+
+def format_csv(rows) -> str:
+    """One row per loss: for each column its mean, std, number of folds and of NaN cases."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = ["loss"]
+    for t, *_ in COLUMNS:
+        header += [f"{t}_mean", f"{t}_std", f"{t}_folds", f"{t}_nan_cases", f"{t}_best"]
+    writer.writerow(header)
+    best = _best(rows)
+    for loss, cells in rows.items():
+        line = [loss]
+        for t, *_ in COLUMNS:
+            c = cells[t]
+            line += [f"{c.mean:.6g}", f"{c.std:.6g}", len(c.values), c.nan_cases, int(best[t] == loss)]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def write_summary(run_dir: str | Path, distance: str = "hd", label: str = "mean") -> str:
+    """Write ``summary.md``, ``summary.csv`` and ``summary.tex`` in ``run_dir``; return the terminal table."""
+    run_dir = Path(run_dir)
+    results = collect_results(run_dir)
+    if not results:
+        raise ValueError(f"{run_dir}: no finished runs (no <loss>/fold<k>/metrics.json)")
+    rows = summary_rows(results, label=label, distance=distance)
+    folds = {loss: len(f) for loss, f in results.items()}
+    note = (f"\nMean ± (std) over folds ({', '.join(f'{k}: {v}' for k, v in folds.items())}) of the "
+            f"per-fold mean over validation cases; label entry '{label}'.\n")
+    (run_dir / "summary.md").write_text(format_markdown(rows, distance) + note)
+    (run_dir / "summary.csv").write_text(format_csv(rows))
+    (run_dir / "summary.tex").write_text(format_latex(rows, distance))
+    return format_terminal(rows, distance)

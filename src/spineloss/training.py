@@ -1,0 +1,372 @@
+"""One training run: fit a 3D U-Net with one loss on one fold, validate, checkpoint, resume.
+
+The loop (Adam, polynomial learning-rate decay ``lr_e = lr_0 (1 - e / E)^0.9`` per epoch as in nnU-Net):
+
+    for each epoch e:   sampler.set_epoch(e)
+        for each batch: [MixUp] -> autocast forward -> loss in fp32 -> backward -> step
+        every ``val_every`` epochs: fp32 inference on the validation cases, Dice on the
+        preprocessed grid -> ``model.pt`` when it is the best so far
+        ``last.pt`` (model, optimiser, scaler, history) written atomically -> ``--resume`` point
+
+Mixed precision: CUDA uses fp16 autocast with a ``GradScaler``; the CPU uses bf16 autocast when
+the processor has native bf16 instructions (measured 1.5-2.8x faster than fp32 for this U-Net on an
+AVX512-BF16 EPYC, see README), else fp32. Validation always runs in fp32. A non-finite loss skips the
+step and is counted in the history. Randomness depends only on ``(seed, epoch, sample)``, so an
+interrupted run resumed from ``last.pt`` ends with the same numbers as an uninterrupted one (CPU).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data.augment import AugmentConfig, mixup
+from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
+from .data.preprocess import PreprocessConfig, pad_to_multiple, restore_to_original
+from .model import build_model
+
+__all__ = ["TrainConfig", "ModelConfig", "resolve_device", "resolve_amp", "train_fold",
+           "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
+
+log = logging.getLogger("spineloss.training")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """3D U-Net shape (see :class:`spineloss.model.UNet3D`)."""
+
+    depth: int = 4
+    base_channels: int = 16
+    max_channels: int = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run.
+
+    Args:
+        epochs: number of epochs; ``iterations_per_epoch`` batches each.
+        batch_size: samples per batch.
+        lr: initial Adam learning rate; ``weight_decay`` its L2 term; decays as ``(1 - e/E)^0.9``.
+        amp: ``"auto"`` (CUDA fp16, CPU bf16 when supported), ``"bf16"``, ``"fp16"`` or ``"off"``.
+        val_every: validate every this many epochs (and always after the last).
+        patch_size: training patch size, or ``None`` for whole (padded) volumes.
+        foreground_oversample: probability that a patch is centred on foreground.
+        num_workers: ``DataLoader`` worker processes (0 = in the training process).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        threads: torch intra-op threads on the CPU (``None``: leave torch's default).
+        seed: the run's seed (model init, sampling, augmentation, MixUp).
+    """
+
+    epochs: int = 20
+    iterations_per_epoch: int = 25
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    amp: str = "auto"
+    val_every: int = 1
+    patch_size: tuple[int, int, int] | None = None
+    foreground_oversample: float = 0.33
+    num_workers: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"training.lr must be > 0, got {self.lr}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"training.amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"training.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training, or ``None`` for fp32 (see the module docstring)."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if cpu_bf16 else None
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a ``model.pt`` written by :func:`train_fold`; returns ``(model, checkpoint dict)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a spineloss model checkpoint (missing model_state/model)")
+    model = build_model(**ckpt["model"])
+    model.load_state_dict(ckpt["model_state"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """fp32 whole-volume inference: pad to the network divisor, return ``(logits C x d' x h' x w', pad)``."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    low = float(x.amin())
+    x, pad = pad_to_multiple(x, model.divisor, value=low)
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        logits = model(x.to(device)).float().cpu()[0]
+    return logits, pad
+
+
+def _hard_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> float:
+    """Mean Dice over the foreground classes present in ``ref`` or ``pred`` (1 for both empty)."""
+    scores = []
+    for c in range(1, max(num_classes, 2)):
+        p, r = pred == c, ref == c
+        denom = int(p.sum() + r.sum())
+        scores.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
+    return float(np.mean(scores))
+
+
+def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: int) -> float:
+    values = []
+    for case in cases:
+        logits, pad = predict_logits(model, case.image, device)
+        logits = logits[:, : logits.shape[1] - pad[0], : logits.shape[2] - pad[1], : logits.shape[3] - pad[2]]
+        pred = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
+        values.append(_hard_dice(pred, torch.from_numpy(case.label.astype(np.int64)), num_classes))
+    return float(np.mean(values))
+
+
+def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
+                   labels: Sequence[int] | None = None) -> dict:
+    """Predict each case, map it back to the original grid and compare with the original label file.
+
+    Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
+    "nan_counts": {label: {metric: cases whose value is NaN}}}``. NaN values are excluded from the
+    mean and counted, never dropped silently.
+    """
+    from .data.layout import to_label_mode
+    from .metrics import compute_metrics
+    import nibabel as nib
+
+    per_case = {}
+    for case in cases:
+        logits, pad = predict_logits(model, case.image, device)
+        geometry = dataclasses.replace(case.geometry, pad=pad)
+        prediction = restore_to_original(logits, geometry)
+        if case.source_label is not None:
+            reference = np.asarray(nib.load(str(case.source_label)).dataobj)
+            reference = to_label_mode(np.rint(reference).astype(np.int64), label_mode)
+        else:
+            reference = case.label
+        metrics = compute_metrics(prediction, reference, spacing=tuple(geometry.original_spacing),
+                                  labels=labels)
+        per_case[case.case_id] = {str(k): v for k, v in metrics.items()}  # JSON keys: "1", "mean", ...
+    return {"cases": per_case, **aggregate_case_metrics(per_case)}
+
+
+def aggregate_case_metrics(per_case: dict) -> dict:
+    """Mean over cases of every (label, metric), NaNs excluded and counted."""
+    mean, nans = {}, {}
+    keys = {k for m in per_case.values() for k in m}
+    for key in sorted(keys):
+        names = sorted({n for m in per_case.values() if key in m for n in m[key]})
+        mean[key], nans[key] = {}, {}
+        for name in names:
+            vals = np.array([m[key][name] for m in per_case.values() if key in m], dtype=np.float64)
+            finite = vals[np.isfinite(vals)]
+            mean[key][name] = float(finite.mean()) if finite.size else float("nan")
+            nans[key][name] = int(vals.size - finite.size)
+    return {"mean": mean, "nan_counts": nans}
+
+
+_HISTORY_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "skipped_steps", "seconds"]
+
+
+def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[PreparedCase], loss_fn,
+               num_classes: int, out_dir: str | Path, *, model_config: ModelConfig = ModelConfig(),
+               train_config: TrainConfig = TrainConfig(), augment: AugmentConfig = AugmentConfig(),
+               preprocess: PreprocessConfig | None = None, label_mode: str = "multiclass",
+               label_names: dict[int, str] | None = None, resume: bool = True, progress: bool = True,
+               on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one model and write ``history.csv``, ``model.pt`` (best validation Dice), ``last.pt``.
+
+    Returns the last history row plus ``best_val_dice`` and ``best_epoch``. With ``resume`` and a
+    ``last.pt`` in ``out_dir``, training continues after its epoch (a finished run returns at once).
+    ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint is on disk.
+    """
+    cfg = train_config
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(int(cfg.threads))
+    amp_dtype = resolve_amp(cfg.amp, device)
+    in_channels = int(train_cases[0].image.shape[0])
+
+    torch.manual_seed(cfg.seed)
+    model_args = dict(in_channels=in_channels, out_channels=num_classes, **asdict(model_config))
+    model = build_model(**model_args).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and amp_dtype == torch.float16))
+    if hasattr(loss_fn, "prepare"):
+        loss_fn.prepare(class_voxel_counts(train_cases, max(num_classes, 2)))
+    needs_dist = bool(getattr(loss_fn, "needs_distance_maps", False))
+
+    history: list[dict] = []
+    start_epoch, best_dice, best_epoch = 0, -math.inf, -1
+    last_path = out_dir / "last.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        history = state["history"]
+        start_epoch, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
+        log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+
+    dataset = PatchDataset(train_cases, cfg.patch_size, model.divisor, augment, cfg.seed, num_classes,
+                           distance_maps=needs_dist, foreground_oversample=cfg.foreground_oversample)
+    loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
+    meta = {"model": model_args, "preprocess": (preprocess or PreprocessConfig()).to_dict(),
+            "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
+            "num_classes": num_classes, "patch_size": dataset.patch_size}
+    mix_gen = torch.Generator()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sampler.set_epoch(epoch)
+        mix_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+        model.train()
+        losses, skipped = [], 0
+        bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs}")
+        for batch in bar:
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].to(device, non_blocking=True)
+            dist = batch["dist_map"].to(device) if "dist_map" in batch else None
+            if augment.p_mixup > 0 and float(torch.rand(1, generator=mix_gen)) < augment.p_mixup:
+                x, y, dist = mixup(x, y, max(num_classes, 1), mix_gen, augment.mixup_alpha, dist)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, dist_map=dist) if needs_dist else loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                skipped += 1
+                log.warning("epoch %d: non-finite loss (%s), step skipped", epoch, float(loss.detach()))
+                continue
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            if progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}",
+                                dice="-" if best_epoch < 0 else f"{best_dice:.3f}")
+        val_dice = float("nan")
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            val_dice = _validation_dice(model, val_cases, device, num_classes)
+            if val_dice > best_dice:
+                best_dice, best_epoch = val_dice, epoch
+                atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
+                             "val_dice": val_dice}, out_dir / "model.pt")
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "val_dice": val_dice, "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if progress:
+            print(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                  f"val Dice {val_dice:.4f}  ({row['seconds']:.1f} s)", flush=True)
+        atomic_save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                     "scaler_state": scaler.state_dict(), "history": history, "epoch": epoch,
+                     "best_dice": best_dice, "best_epoch": best_epoch}, last_path)
+        _write_history(out_dir / "history.csv", history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    _write_history(out_dir / "history.csv", history)
+    last = history[-1] if history else {}
+    return {**last, "best_val_dice": best_dice, "best_epoch": best_epoch + 1}
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_HISTORY_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row[k] for k in _HISTORY_FIELDS})
+    os.replace(tmp, path)
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic JSON write (NaN written as ``NaN``, which Python's json reads back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))

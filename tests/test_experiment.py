@@ -1,0 +1,61 @@
+import pytest
+
+from spineloss.experiment import config_from_dict, load_config, make_folds
+
+
+def test_folds_are_seeded_disjoint_and_complete():
+    ids = [f"case{i:02d}" for i in range(10)]
+    a = make_folds(ids, 3, seed=0)
+    assert a == make_folds(list(reversed(ids)), 3, seed=0)
+    assert a != make_folds(ids, 3, seed=1)
+    vals = [v for _, v in a]
+    assert sorted(c for v in vals for c in v) == ids
+    for train, val in a:
+        assert not set(train) & set(val) and len(train) + len(val) == 10
+    assert [len(v) for v in vals] == [4, 3, 3]
+    with pytest.raises(ValueError, match="at least 3 cases"):
+        make_folds(ids[:2], 3, 0)
+
+
+def _raw(**over):
+    raw = {"experiment": {"name": "t", "folds": 2, "seed": 3},
+           "data": {"phantom": {"region": "lumbar", "cases": 4}},
+           "losses": ["ce", {"name": "tv", "loss": "tversky", "params": {"alpha": 0.3}},
+                      {"name": "mix", "loss": {"dice": 1.0, "ce": 0.5}}]}
+    raw.update(over)
+    return raw
+
+
+def test_config_parsing():
+    cfg = config_from_dict(_raw())
+    assert [s.name for s in cfg.losses] == ["ce", "tv", "mix"]
+    assert cfg.losses[1].loss == "tversky" and cfg.losses[1].params == {"alpha": 0.3}
+    assert cfg.training.seed == 3  # the experiment seed reaches training
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"data": {"path": "x", "phantom": {}}}, "exactly one"),
+    ({"data": {"path": "x", "label_mode": "weird"}}, "label_mode"),
+    ({"training": {"epochs": 0}}, "epochs"),
+    ({"training": {"epoch": 3}}, "unknown key"),
+    ({"model": {"depth": 4, "width": 3}}, "unknown key"),
+    ({"losses": ["ce", "ce"]}, "unique"),
+    ({"losses": []}, "names no loss"),
+    ({"optimizer": {}}, "unknown config section"),
+])
+def test_config_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(_raw(**over))
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such config"):
+        load_config(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiment\nname=")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[experiment]\nname = "x"\n[data]\npath = "d"\n[training]\nlr = -1\n')
+    with pytest.raises(ValueError, match=r"wrong.toml: training.lr must be > 0"):
+        load_config(wrong)

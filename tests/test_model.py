@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from spineloss.model import UNet3D
+
+
+def test_shapes_and_divisor():
+    m = UNet3D(1, 6, depth=3, base_channels=4)
+    assert m.divisor == 4
+    out = m(torch.randn(2, 1, 8, 12, 16))
+    assert out.shape == (2, 6, 8, 12, 16)
+
+
+def test_rejects_bad_sizes():
+    m = UNet3D(1, 2, depth=3, base_channels=4)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        m(torch.randn(1, 1, 8, 10, 8))
+    with pytest.raises(ValueError, match="B x C x D x H x W"):
+        m(torch.randn(1, 8, 8, 8))
+
+
+def test_instance_norm_leaky_relu_kaiming():
+    m = UNet3D(1, 2, depth=2, base_channels=8)
+    kinds = {type(x).__name__ for x in m.modules()}
+    assert {"InstanceNorm3d", "LeakyReLU", "Conv3d", "ConvTranspose3d"} <= kinds
+    conv = m.encoder[0][0]
+    fan_in = conv.weight[0].numel()
+    expected = (2.0 / (1 + 0.01 ** 2) / fan_in) ** 0.5
+    assert abs(conv.weight.std().item() - expected) / expected < 0.35
+
+
+def test_width_cap_and_seeded_init():
+    torch.manual_seed(0)
+    a = UNet3D(1, 2, depth=4, base_channels=8, max_channels=16)
+    torch.manual_seed(0)
+    b = UNet3D(1, 2, depth=4, base_channels=8, max_channels=16)
+    assert a.widths == [8, 16, 16, 16]
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bf16_autocast_forward_backward():
+    m = UNet3D(1, 3, depth=2, base_channels=4)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
