@@ -60,7 +60,7 @@ The phantom is plausible, not anatomically exact: no ribs, nerve roots, foramina
 fine bone structure, and the left-right extent is a slab through the spine.
 
 Everything random comes from one ``numpy.random.Generator(PCG64(seed))``: the same seed gives the same
-volumes. Generating a 96 x 96 x 40 case takes a fraction of a second, a 224 x 224 x 77 case a few seconds.
+volumes. Generating a 96 x 96 x 40 case takes about 0.1 s, a 224 x 224 x 77 case about 1 s (one core).
 """
 
 from __future__ import annotations
@@ -104,12 +104,12 @@ _LUMBAR_TABLE = (
     ("T10", 0, 22.0, 14.0, 17.0, 5.5, 14.0, 8.5, 32.0, 6.0, 0.7, 13.0),
     ("T11", 0, 23.0, 14.5, 18.5, 6.0, 15.0, 9.0, 30.0, 7.0, 0.5, 10.0),
     ("T12", 0, 24.0, 15.0, 20.0, 7.0, 16.0, 10.0, 30.0, 9.0, 0.3, 8.0),
-    ("L1", 1, 25.0, 15.5, 21.0, 8.0, 16.0, 11.0, 30.0, 10.0, 0.15, 14.0),
-    ("L2", 2, 26.0, 16.0, 22.0, 9.0, 15.0, 11.0, 31.0, 11.0, 0.1, 20.0),
-    ("L3", 3, 27.0, 16.5, 23.0, 10.0, 14.0, 11.5, 31.0, 11.0, 0.05, 24.0),
-    ("L4", 4, 27.0, 17.0, 24.0, 11.0, 14.0, 12.0, 29.0, 10.0, 0.05, 20.0),
-    ("L5", 5, 26.0, 17.0, 25.0, 10.0, 15.0, 13.0, 24.0, 8.0, 0.1, 16.0),
-    ("S1", 0, 27.0, 17.0, 24.0, 2.0, 13.0, 13.0, 14.0, 6.0, 0.3, 0.0),
+    ("L1", 1, 25.0, 15.5, 22.5, 8.0, 16.0, 11.0, 30.0, 10.0, 0.15, 14.0),
+    ("L2", 2, 26.0, 16.0, 23.5, 9.0, 15.0, 11.0, 31.0, 11.0, 0.1, 20.0),
+    ("L3", 3, 27.0, 16.5, 24.5, 10.0, 14.0, 11.5, 31.0, 11.0, 0.05, 24.0),
+    ("L4", 4, 27.0, 17.0, 25.5, 11.0, 14.0, 12.0, 29.0, 10.0, 0.05, 20.0),
+    ("L5", 5, 26.0, 17.0, 26.5, 10.0, 15.0, 13.0, 24.0, 8.0, 0.1, 16.0),
+    ("S1", 0, 27.0, 17.0, 25.5, 2.0, 13.0, 13.0, 14.0, 6.0, 0.3, 0.0),
     ("S2", 0, 22.0, 14.0, 20.0, 2.0, 10.0, 11.0, 12.0, 5.0, 0.3, 0.0),
     ("S3", 0, 18.0, 11.5, 16.0, 2.0, 8.0, 9.0, 10.0, 4.0, 0.3, 0.0),
     ("S4", 0, 14.0, 9.5, 12.0, 1.5, 6.0, 7.0, 8.0, 3.0, 0.3, 0.0),
@@ -144,6 +144,7 @@ _T2 = {
 }
 
 _DS = 0.5  # centreline sampling step (reference mm)
+_MIN_SIDE = 24  # smallest array side accepted
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def generate_case(region: str = "lumbar", seed: int = 0,
             ``"cervical"`` (labels C1..C7 = 1..7; C1 = its anterior arch, C2 includes the dens).
         seed: any non-negative integer; the same seed (and shape) gives identical arrays.
         shape: output array shape ``(D, H, W)``: axis 0 head -> feet, 1 front -> back, 2 left -> right.
-            Each side at least 16. The anatomy is scaled to the field of view along axis 0.
+            Each side at least 24. The anatomy is scaled to the field of view along axis 0.
 
     Returns:
         ``(image, label, spacing)``: ``image`` float32 ``D x H x W`` (non-negative, roughly 0-255 like the
@@ -168,7 +169,7 @@ def generate_case(region: str = "lumbar", seed: int = 0,
         mm along the three axes (0.9-1.3 mm on axes 0 and 1, 1.0-1.5 times coarser on axis 2).
 
     Raises:
-        ValueError: unknown region, a shape that is not three integers >= 16, or a negative seed.
+        ValueError: unknown region, a shape that is not three integers >= 24, or a negative seed.
 
     See the module docstring for the anatomy and image model and its references.
     """
@@ -251,8 +252,9 @@ def _check_args(region: str, shape: Sequence[int]) -> tuple[str, tuple[int, int,
     if len(dims) != 3 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
                                  for d in dims):
         raise ValueError(f"shape must be three integers (D, H, W), got {shape!r}")
-    if min(dims) < 16:
-        raise ValueError(f"every side of shape must be >= 16 voxels, got {tuple(int(d) for d in dims)}")
+    if min(dims) < _MIN_SIDE:
+        raise ValueError(f"every side of shape must be >= {_MIN_SIDE} voxels (smaller grids cannot hold "
+                         f"every vertebra), got {tuple(int(d) for d in dims)}")
     return region, (int(dims[0]), int(dims[1]), int(dims[2]))
 
 
@@ -313,6 +315,25 @@ def _noise_field(rng: np.random.Generator, shape, step) -> np.ndarray:
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
+def _keep_largest_components(lab: np.ndarray) -> None:
+    """In place: each label value keeps only its largest face-connected component.
+
+    Sampling a smooth body on a coarse grid can leave a stray voxel touching the body only at an
+    edge or corner; real masks are one piece per vertebra, so the phantom's are too.
+    """
+    from scipy import ndimage
+
+    for value, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        sub = lab[box]
+        comp, n = ndimage.label(sub == value)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            sub[(comp > 0) & (comp != int(np.argmax(sizes)))] = 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # the phantom
 # ----------------------------------------------------------------------------------------------------
@@ -369,6 +390,8 @@ class _Phantom:
         # C1/C2 geometry (cervical)
         self.dens_h, self.dens_r = g * _DENS_H, g * _DENS_R * rng.uniform(0.9, 1.1)
         self.adi, self.arch_h, self.arch_t = g * _ADI, g * _ARCH_H, g * _ARCH_T * rng.uniform(0.9, 1.1)
+        # dens: tip at arc length 0 (the C2 body starts at dens_h), centre 1 mm behind the body axis
+        self._dens_geom = (0.0, 1.0 * g, self.dens_r)
 
     def _knots(self):
         """Tangent-angle knots (s, degrees) of the spinal curve; positive = heading posteriorly."""
@@ -437,7 +460,7 @@ class _Phantom:
             zc.append(np.interp(-0.5 * self.dens_h, s, z))   # C1 anterior arch / dens tip
             top_margin, bottom_margin = 15.0 + self.dz, 8.0 + self.lv["disc"][lab[-1]]
         else:
-            top_margin, bottom_margin = 10.0, 12.0
+            top_margin, bottom_margin = 6.0, 8.0         # at least the T12/L1 and L5/S1 discs
         lo = top_margin - min(zc)
         hi = self.fov[0] - bottom_margin - max(zc)
         z0 = rng.uniform(lo, hi) if hi > lo else 0.5 * (lo + hi)
@@ -476,7 +499,6 @@ class _Phantom:
         self.outline_scale = rng.uniform(0.9, 1.1, 3)
         self.conus = rng.uniform(-0.5, 1.0)                   # conus tip: L1 body (<0) .. L2 (1)
         self.clivus_angle = rng.uniform(22.0, 38.0)           # clivus vs C2 axis (degrees)
-        D, H, W = self.shape
         fine = 4.0 / np.array([self.dz, self.dz, self.dx])
         coarse = 12.0 / np.array([self.dz, self.dz, self.dx])
         self.tex_fine = _noise_field(rng, self.shape, fine)
@@ -505,8 +527,7 @@ class _Phantom:
 
     # ------------------------------------------------------------------ rendering
     def render(self):
-        D, H, W = self.shape
-        T = self.tissue
+        """Paint tissues (back to front), then bias field, partial-volume blur and Rician noise."""
         img = np.zeros(self.shape, dtype=np.float32)
         lab = np.zeros(self.shape, dtype=np.uint8)
         s2, v2 = self._straighten()
@@ -516,6 +537,7 @@ class _Phantom:
         if self.region == "cervical":
             self._atlas(img, lab)
             self._skull_bones(img)
+        _keep_largest_components(lab)
         # image formation: bias field, partial volume, Rician noise
         from scipy.ndimage import gaussian_filter
         img *= self._bias_field() * self.gain
@@ -596,8 +618,10 @@ class _Phantom:
             spread = 0.6 * np.clip(zS - z_bif, 0.0, None)[:, None, None]
             vc = -(a_m + 13.0 * self.g)
             r_ao = 10.0 * self.g * np.where(zS > z_bif, 0.65, 1.0)[:, None, None]
-            ao = (V - vc) ** 2 + (np.abs(Wg + 14.0 * self.g * (zS <= z_bif)[:, None, None]) - spread) ** 2 < r_ao ** 2
-            ivc = ((V - vc - 2.0) / (8.0 * self.g)) ** 2 + ((Wg - 17.0 * self.g - spread) / (12.0 * self.g)) ** 2 < 1.0
+            w_ao = np.abs(Wg + 14.0 * self.g * (zS <= z_bif)[:, None, None]) - spread
+            ao = (V - vc) ** 2 + w_ao ** 2 < r_ao ** 2
+            ivc = ((V - vc - 2.0) / (8.0 * self.g)) ** 2 + \
+                ((Wg - 17.0 * self.g - spread) / (12.0 * self.g)) ** 2 < 1.0
             img[ao & deep] = T["vessel"]
             img[ivc & deep & ~ao] = T["ivc"]
         else:
@@ -623,7 +647,7 @@ class _Phantom:
         img[rho < 1.0] = T["fat"]
         deep = rho_in < 1.0
         mus_val = T["muscle"] * (1.0 + 0.12 * self.tex_fine)
-        mus_val = np.where(self.tex_coarse2 > 1.3, T["fat"] * 0.8, mus_val)
+        mus_val = np.where(self.tex_coarse2 > 1.9, T["fat"] * 0.8, mus_val)        # intermuscular fat
         img[deep] = mus_val[deep]
         # anterior neck: prevertebral muscle, then airway and the soft tissue around it
         a_s = np.interp(zs, self._z_of(self.s_mid), lv["a"])[:, None, None]
@@ -679,7 +703,8 @@ class _Phantom:
         sac_v = np.maximum(0.38 * cd * sac_taper, 1e-3)
         sac_w = np.maximum(0.72 * cw * sac_taper, 1e-3)
         sac_c = v_cc - 0.08 * cd
-        sac = ((((v - sac_c) / sac_v)[:, None] ** 2 + (w / sac_w[:, None]) ** 2) < 1.0) & (sac_taper > 0.05)[:, None]
+        sac = (((((v - sac_c) / sac_v)[:, None] ** 2 + (w / sac_w[:, None]) ** 2) < 1.0)
+               & (sac_taper > 0.05)[:, None])
         sub[sac] = T["csf"]
         if self.region == "lumbar":
             i1 = self.names.index("L1")
@@ -731,7 +756,8 @@ class _Phantom:
         bulge = (1.0 + 0.05 * (1.0 - np.clip(td, -1, 1) ** 2)) ** 2
         disc = (valid & (np.abs(td) <= 1.0) & (dh > 0.5))[:, None] & (rd2 <= bulge[:, None]) & ~body
         fused = lv["kind_sacral"][jc]                        # sacral/coccygeal remnants: dark, thin
-        nuc = np.clip((0.62 - np.sqrt(rd2)) / 0.15, 0.0, 1.0) * np.clip((0.85 - np.abs(td)) / 0.25, 0.0, 1.0)[:, None]
+        nuc = (np.clip((0.62 - np.sqrt(rd2)) / 0.15, 0.0, 1.0)
+               * np.clip((0.85 - np.abs(td)) / 0.25, 0.0, 1.0)[:, None])
         cleft = 1.0 - 0.15 * np.exp(-((td * (0.5 * dh)) / 0.6) ** 2)
         nb = T["nucleus"] * self.nucleus[jc] * cleft
         disc_val = T["annulus"] + (nb - T["annulus"])[:, None] * nuc
@@ -745,21 +771,19 @@ class _Phantom:
 
         # ---- dens (C2) in the curved frame
         if self.region == "cervical":
-            s_c2 = self.s_top[0]
-            v_d = 1.0 * self.g
-            rd = self.dens_r
-            u = (s - (s_c2 - self.dens_h)) / (self.dens_h + 3.0)   # 0 at tip, 1 a little into the body
+            s_tip, v_d, rd = self._dens_geom
+            u = (s - s_tip) / (self.dens_h + 3.0)            # 0 at the tip, 1 a little into the body
             # rounded tip: the radius grows like sqrt over the top quarter of the dens
             prof = np.where(u < 0.25, 0.1 + 0.9 * np.sqrt(np.clip(u / 0.25, 0.0, 1.0)), 1.0)
             prof = np.where((u >= 0.0) & (u <= 1.0), prof, 0.0)
             dens_r2 = ((v - v_d) / (rd * np.maximum(prof, 1e-3)))[:, None] ** 2 + \
                 (w / (rd * np.maximum(prof, 1e-3))[:, None]) ** 2
             dens = (prof > 0.05)[:, None] & (dens_r2 <= 1.0)
-            dens_in = dens & (dens_r2 <= (np.maximum(rd * prof - 1.2, 0.0) / (rd * np.maximum(prof, 1e-3)))[:, None] ** 2)
+            inner_r = np.maximum(rd * prof - 1.2, 0.0) / (rd * np.maximum(prof, 1e-3))
+            dens_in = dens & (dens_r2 <= inner_r[:, None] ** 2)
             dval = np.where(dens_in, T["marrow"] * (1.0 + 0.08 * tex), T["cortex"])
             sub[dens] = dval[dens]
             sl_[dens] = 2
-            self._dens_geom = (s_c2 - self.dens_h, v_d, rd)
         img[bi, bj] = sub
         lab[bi, bj] = sl_
 
@@ -848,8 +872,8 @@ class _Phantom:
                 # spinous process, sheared so that it slopes caudally; taller at its tip
                 b0 = b_lam + lt
                 a_sh = la - slope * np.clip(lb - b0, 0.0, None)
-                add(0.35 * hh + 0.3 * d_below, b0 + 0.5 * sl - 1.0, 0.0, 0.85 * sh, 0.5 * sl + 2.0, 3.0 * g, p=3,
-                    mirror=False, aa=a_sh)
+                add(0.35 * hh + 0.3 * d_below, b0 + 0.5 * sl - 1.0, 0.0, 0.85 * sh, 0.5 * sl + 2.0,
+                    3.0 * g, p=3, mirror=False, aa=a_sh)
             if tl > 0.0:
                 add(-0.15 * hh, ap + 0.45 * cd, cw + 2 * pw + 0.5 * tl, 4.5 * g, 4.0 * g, 0.5 * tl + 2.0)
             if sacral and lv["h"][i] > 15.0:
@@ -884,12 +908,14 @@ class _Phantom:
         arch_prof = (A / ha) ** 2 + ((rr - 0.5 * (r_in + r_out)) / (0.5 * self.arch_t)) ** 2
         arch = (arch_prof <= 1.0) & (ang <= np.deg2rad(65.0)) & (B < 0)
         # lateral masses, posterior arch (a ring around the canal) and transverse processes
-        lm = (A / (1.1 * ha)) ** 2 + ((B - 3.0 * g) / (9.0 * g)) ** 2 + ((np.abs(C) - (r_out + 4.0 * g)) / (7.0 * g)) ** 2
+        lm = ((A / (1.1 * ha)) ** 2 + ((B - 3.0 * g) / (9.0 * g)) ** 2
+              + ((np.abs(C) - (r_out + 4.0 * g)) / (7.0 * g)) ** 2)
         pr_c, pr_a, pr_w = 17.0 * g, 18.0 * g, 22.0 * g
         pring = (((B - pr_c) / pr_a) ** 2 + (C / pr_w) ** 2)
         parch = (pring <= 1.0) & (pring >= ((pr_a - 5.0 * g) / pr_a) ** 2) & (B > pr_c * 0.6) & \
             ((A / (0.7 * ha)) ** 2 <= 1.0)
-        tp = (A / (0.6 * ha)) ** 2 + ((B - 2.0 * g) / (5.0 * g)) ** 2 + ((np.abs(C) - (r_out + 16.0 * g)) / (10.0 * g)) ** 2
+        tp = ((A / (0.6 * ha)) ** 2 + ((B - 2.0 * g) / (5.0 * g)) ** 2
+              + ((np.abs(C) - (r_out + 16.0 * g)) / (10.0 * g)) ** 2)
         other = ((lm <= 1.0) | parch | (tp <= 1.0)) & ~arch
         view = img[sl2]
         lview = lab[sl2]
@@ -901,7 +927,7 @@ class _Phantom:
         """Skull base: clivus, occipital bone around the posterior fossa (cerebellum, medulla/pons,
         cisterna magna). Built in the rigid frame at the foramen magnum (a = caudal, b = posterior)."""
         T, g, lv = self.tissue, self.g, self.lv
-        s_tip, v_d, rd = self._dens_geom
+        s_tip, v_d, _ = self._dens_geom
         fm = s_tip - 6.0 * g                                 # level of the basion
         loc = self._local(fm, (-140.0 * g, 6.0 * g), (-60.0 * g, 110.0 * g))
         if loc is None:
@@ -933,8 +959,8 @@ class _Phantom:
         bs_r = ((B - bs_c) / r_bs) ** 2 + (C / (1.3 * r_bs)) ** 2
         csf = cavity & (bs_r < 2.2) & (A > -60.0 * g)
         # cisterna magna: behind the medulla, just above the foramen magnum
-        cm = cavity & (((A + 8.0 * g) / (9.0 * g)) ** 2 + ((B - v_cc - 16.0 * g) / (12.0 * g)) ** 2 +
-                       (C / (16.0 * g)) ** 2 < 1.0)
+        cm = cavity & (((A + 6.0 * g) / (6.0 * g)) ** 2 + ((B - v_cc - 15.0 * g) / (8.0 * g)) ** 2 +
+                       (C / (12.0 * g)) ** 2 < 1.0)
         view[csf | cm] = T["csf"]
         bs = cavity & (bs_r < 1.0) & (A > -60.0 * g)
         view[bs] = T["cord"] * 1.05

@@ -188,8 +188,8 @@ class _SoftmaxLabelStats(torch.autograd.Function):
             exact = xs.gather(1, labels[b, :, n]) - torch.logsumexp(xs, dim=1, keepdim=True)
             lpt[b, 0, n] = exact[:, 0]
         B, C, _ = x.shape
-        flat = (labels[:, 0] + C * torch.arange(B, device=x.device)[:, None]).reshape(-1)
-        tp = torch.bincount(flat, weights=pt.reshape(-1), minlength=B * C).reshape(B, C).to(x.dtype)
+        tp = torch.stack([torch.bincount(labels[b, 0], weights=pt[b, 0], minlength=C) for b in range(B)])
+        tp = tp.to(x.dtype)
         sp = p.sum(dim=2)
         sq = p.square().sum(dim=2) if squared else torch.zeros_like(sp)
         ctx.save_for_backward(p, labels, pt)
@@ -217,11 +217,14 @@ class _SoftmaxLabelStats(torch.autograd.Function):
             s = s + pt * t
         if g_lpt is not None:
             s = s + g_lpt
-        # grad = p * (D + a - s) + e_y * (p_y t + g_lpt)
-        inner = -s if a is None else a[:, :, None] - s
+        # grad = p * (D + a - s) + e_y * (p_y t + g_lpt), written in one buffer
+        if a is None:
+            grad = torch.neg(s).expand(B, C, N).contiguous()
+        else:
+            grad = torch.sub(a[:, :, None], s)
         if dense is not None:
-            inner = inner + dense
-        grad = p * inner
+            grad += dense
+        grad *= p
         at_label = None
         if t is not None:
             at_label = pt * t
@@ -273,6 +276,7 @@ class LossInput:
             self.x = self.x.contiguous()
         self.labels: Tensor | None = None
         self.soft: Tensor | None = None
+        self._counts: Tensor | None = None
         self._set_target(target)
         self.dist_map = self._check_dist_map(dist_map)
         self._cache: dict[Any, Any] = {}
@@ -304,16 +308,18 @@ class LossInput:
         else:
             raise ValueError(f"{owner}: target must be a label map B x [1 x] D x H x W or a one-hot/soft "
                              f"target B x C x D x H x W, got shape {shape}")
-        labels = self._check_labels(labels)
         if self.activation == "softmax":
+            labels = self._check_labels(labels, with_counts=True)
             self.labels = labels.reshape(B, 1, self.N)
-        elif C == 1:
+            return
+        labels = self._check_labels(labels)
+        if C == 1:
             self.soft = labels.reshape(B, 1, self.N).float()
         else:  # multi-label sigmoid with a label map: one-hot channels
             ar = torch.arange(C, device=self.device).view(1, C, 1)
             self.soft = (labels.reshape(B, 1, self.N) == ar).float()
 
-    def _check_labels(self, labels: Tensor) -> Tensor:
+    def _check_labels(self, labels: Tensor, with_counts: bool = False) -> Tensor:
         owner, C = self.owner, self.C
         if labels.dtype == torch.bool:
             labels = labels.long()
@@ -327,18 +333,33 @@ class LossInput:
             raise ValueError(f"{owner}: target dtype {labels.dtype} is not supported")
         else:
             labels = labels.long()
-        if labels.numel():
-            lo, hi = torch.aminmax(labels)
-            lo, hi = int(lo), int(hi)
-            top = 1 if C == 1 else C - 1
-            if lo < 0:
-                raise ValueError(f"{owner}: target labels must be >= 0, found {lo}")
-            if hi > top:
-                if C == 1:
-                    raise ValueError(f"{owner}: with C = 1 (binary, sigmoid) the target must be 0/1, found label {hi}")
-                raise ValueError(f"{owner}: target label {hi} >= number of channels C = {C} "
-                                 f"(labels must be in [0, {C - 1}])")
+        top = 1 if C == 1 else C - 1
+        if with_counts:  # one pass: per-sample class counts, which also bound the labels
+            counts = []
+            for b in range(labels.shape[0]):
+                try:
+                    cnt = torch.bincount(labels[b].reshape(-1), minlength=C)
+                except RuntimeError:  # negative values
+                    cnt = None
+                if cnt is None or cnt.numel() > C:
+                    self._label_range_error(labels)
+                counts.append(cnt)
+            self._counts = torch.stack(counts).to(torch.float32)
+            return labels
+        lo, hi = torch.aminmax(labels)
+        if int(lo) < 0 or int(hi) > top:
+            self._label_range_error(labels)
         return labels
+
+    def _label_range_error(self, labels: Tensor) -> None:
+        owner, C = self.owner, self.C
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0:
+            raise ValueError(f"{owner}: target labels must be >= 0, found {lo}")
+        if C == 1:
+            raise ValueError(f"{owner}: with C = 1 (binary, sigmoid) the target must be 0/1, found label {hi}")
+        raise ValueError(f"{owner}: target label {hi} >= number of channels C = {C} "
+                         f"(labels must be in [0, {C - 1}])")
 
     def _set_soft(self, target: Tensor) -> None:
         owner = self.owner
@@ -402,10 +423,7 @@ class LossInput:
         key = ("counts",)
         if key not in self._cache:
             if self.label_path:
-                assert self.labels is not None
-                B, C = self.B, self.C
-                flat = (self.labels[:, 0] + C * torch.arange(B, device=self.device)[:, None]).reshape(-1)
-                self._cache[key] = torch.bincount(flat, minlength=B * C).reshape(B, C).to(torch.float32)
+                self._cache[key] = self._counts
             else:
                 assert self.soft is not None
                 self._cache[key] = self.soft.sum(dim=2)

@@ -207,7 +207,7 @@ class DiceFocalLoss(WeightedSumLoss):
 
     The focal term is :class:`~spineloss.losses.distribution.FocalLoss`: with a softmax it is the softmax
     focal loss, where MONAI's ``DiceFocalLoss`` always uses a sigmoid focal term (intended difference).
-    ``include_background`` applies to both terms, ``weight`` (length C) to both (Dice drops class 0 without
+    ``include_background`` applies to both terms, ``weight`` (length C) to both (both drop class 0 without
     background); ``gamma`` and ``alpha`` are the focal term's. Tunable: ``dice.*``, ``focal.*``,
     ``weight.dice``, ``weight.focal``.
     """
@@ -225,7 +225,8 @@ class DiceFocalLoss(WeightedSumLoss):
                      "smooth_nr": smooth_nr, "smooth_dr": smooth_dr, "batch": batch, "soft_label": soft_label,
                      "class_weight": _dice_weight(weight, include_background, owner)},
             "focal": {"weight": _check_lambda("lambda_focal", lambda_focal, owner), "gamma": gamma,
-                      "alpha": alpha, "include_background": include_background, "class_weight": weight},
+                      "alpha": alpha, "include_background": include_background,
+                      "class_weight": _dice_weight(weight, include_background, owner)},
         }
         super().__init__(terms, reduction=reduction, activation=activation)
 

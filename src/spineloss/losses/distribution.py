@@ -239,9 +239,10 @@ class FocalLoss(Loss):
         gamma: focusing exponent >= 0 (default 2).
         alpha: None (no balancing), a number in [0, 1] or a per-class sequence. Number: sigmoid
             ``a+ = alpha, a- = 1 - alpha`` (Lin et al.); softmax ``a_0 = 1 - alpha`` for the background and
-            ``a_c = alpha`` for the other classes (MONAI's convention). Sequence: ``a_c`` per class (sigmoid:
-            on positives only, ``a- = 1``).
-        weight: optional per-class multiplier (MONAI's ``weight``), combined with ``alpha``.
+            ``a_c = alpha`` for the other classes (MONAI's convention). Sequence: ``a_c`` per scored class
+            (without background: C - 1 values; sigmoid: on positives only, ``a- = 1``), as in MONAI.
+        weight: optional per-class multiplier (MONAI's ``weight``: a number or one value per scored class),
+            combined with ``alpha``.
         include_background: if False, the terms of class 0 are dropped (the softmax still runs over all
             classes, and the mean still runs over all voxels); ignored for C = 1.
         reduction, activation: as for every loss.
@@ -270,15 +271,24 @@ class FocalLoss(Loss):
         self.weight = check_weights("weight", weight, self._owner())
         self.include_background = check_bool("include_background", include_background, self._owner())
 
-    def _alpha_vectors(self, batch: LossInput) -> tuple[Tensor | None, Tensor | None]:
-        """Per-class factors (C,) on the positive / true-class term and on the negative term, or None."""
+    def _alpha_vectors(self, batch: LossInput, start: int) -> tuple[Tensor | None, Tensor | None]:
+        """Per-class factors (C,) on the positive / true-class term and on the negative term, or None.
+
+        Sequences (``alpha``, ``weight``) give one value per *included* class, as in MONAI.
+        """
         C, owner = batch.C, self._owner()
+
+        def full(v: Tensor, what: str) -> Tensor:
+            if v.numel() != C - start:
+                raise ValueError(f"{owner}: {what} has {v.numel()} values but {C - start} classes are scored "
+                                 f"(C = {C}{', background excluded' if start else ''})")
+            v = v.to(batch.device)
+            return torch.cat([v.new_ones(1), v]) if start else v
+
         pos = neg = None
         a = self.alpha
         if isinstance(a, Tensor):
-            if a.numel() != C:
-                raise ValueError(f"{owner}: alpha has {a.numel()} values but the input has C = {C} channels")
-            pos = a.to(batch.device)
+            pos = full(a, "alpha")
         elif a is not None:
             pos = torch.full((C,), float(a), device=batch.device)
             if batch.activation == "softmax":
@@ -286,10 +296,8 @@ class FocalLoss(Loss):
             else:
                 neg = torch.full((C,), 1.0 - float(a), device=batch.device)
         if self.weight is not None:
-            w = self.weight.to(batch.device)
-            if w.ndim == 1 and w.numel() != C:
-                raise ValueError(f"{owner}: weight has {w.numel()} values but the input has C = {C} channels")
-            w = w.expand(C) if w.ndim == 0 else w
+            w = self.weight if self.weight.ndim == 1 else self.weight.expand(C - start)
+            w = full(w, "weight")
             pos = w if pos is None else pos * w
             neg = w if neg is None else neg * w
         return pos, neg
@@ -307,9 +315,9 @@ class FocalLoss(Loss):
         return one_minus.pow(g)
 
     def compute(self, batch: LossInput) -> Tensor:
-        pos, neg = self._alpha_vectors(batch)
         C = batch.C
         start = 0 if (self.include_background or C == 1) else 1
+        pos, neg = self._alpha_vectors(batch, start)
         if batch.activation == "softmax":
             if batch.label_path:
                 assert batch.labels is not None
