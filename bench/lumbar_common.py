@@ -23,7 +23,12 @@ the MONAI tutorial peer) use this module so that they are judged by the same cod
     (identity affine, the lumbar permuted/flipped affine, a shifted origin): a bilinear ramp
     ``f(j) = j`` resampled by ``Spacingd(pixdim=2)`` gives ``f = 2 i`` at coarse voxel ``i`` (error
     < 1e-13), a label block at original index 10 lands at coarse index 5 with ``nearest``, and
-    ``inv(A_out) @ A_in = diag(0.5, 0.5, 0.5)`` with zero translation.
+    ``inv(A_out) @ A_in = diag(0.5, 0.5, 0.5)`` with zero translation. On real lumbar cases
+    (224 x 224 x 77 -> 112 x 112 x 39): Gaussian-blurred one-hot labels resampled by ``Spacing``
+    (bilinear) and mapped back with ``j -> j / 2`` reproduce the 1 mm arg-max on 99.1 % of the
+    foreground voxels, against 92 % with the ``align_corners=False`` map and 85 % with a +-1/2 coarse
+    voxel offset. The last 1 mm voxel of the first two axes (j = 223 -> 111.5) lies beyond the last
+    2 mm voxel centre and takes its value (border padding); the third axis ends exactly (76 -> 38).
   - spineloss / ``F.interpolate(align_corners=False)`` (:func:`align_corners_false_index_map`):
     voxel ``i`` of the ``m``-voxel grid covers the same field of view as the ``n``-voxel original,
     centre at original ``(i + 0.5) * n / m - 0.5``: ``j -> (j + 0.5) * m / n - 0.5``.

@@ -22,6 +22,8 @@ monai_losses = pytest.importorskip("monai.losses")
 from spineloss.losses import build_loss  # noqa: E402
 from spineloss.losses.distance_maps import signed_distance_maps_torch  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:single channel prediction")
+
 SHAPES = [(2, 3, 6, 7, 8), (1, 4, 5, 6, 5), (3, 2, 4, 4, 6)]
 TOL = dict(rtol=1e-5, atol=1e-5)
 

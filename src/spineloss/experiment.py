@@ -43,9 +43,13 @@ class LossSpec:
     loss: Any
     params: dict = field(default_factory=dict)
 
-    def build(self):
+    def build(self, spacing: tuple[float, float, float] | None = None):
+        """The loss module; distance losses get ``spacing`` (mm) unless the params set it."""
         from .losses import build_loss
-        return build_loss(self.loss, **self.params)
+        loss = build_loss(self.loss, **self.params)
+        if spacing is not None and getattr(loss, "needs_distance_maps", False) and "spacing" not in self.params:
+            loss = build_loss(self.loss, **self.params, spacing=tuple(spacing))
+        return loss
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             print(f"[{spec.name} fold {k}] training on {len(train_ids)} cases, validating on "
                   f"{len(val_ids)}", flush=True)
             t = time.perf_counter()
-            train_fold([prepared[i] for i in train_ids], [prepared[i] for i in val_ids], spec.build(),
+            train_cases = [prepared[i] for i in train_ids]
+            train_fold(train_cases, [prepared[i] for i in val_ids], spec.build(train_cases[0].spacing),
                        num_classes, run_dir, model_config=config.model, train_config=config.training,
                        augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
                        label_names=label_names, progress=progress)

@@ -36,7 +36,7 @@ from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_tr
 from .data.preprocess import PreprocessConfig, pad_to_multiple, restore_to_original
 from .model import build_model
 
-__all__ = ["TrainConfig", "ModelConfig", "resolve_device", "resolve_amp", "train_fold",
+__all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "resolve_device", "resolve_amp", "train_fold",
            "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
 
 log = logging.getLogger("spineloss.training")
@@ -235,6 +235,75 @@ def aggregate_case_metrics(per_case: dict) -> dict:
     return {"mean": mean, "nan_counts": nans}
 
 
+class Trainer:
+    """Model, optimiser, gradient scaler and loss of one run, and :meth:`step`: one training step.
+
+    The model is initialised from ``torch.manual_seed(train_config.seed)``. ``step`` applies MixUp
+    (when drawn), runs the forward pass under autocast, the loss in fp32, and the optimiser step;
+    it returns the loss value, or ``None`` when the loss is not finite (the step is skipped).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, loss_fn, model_config: ModelConfig,
+                 train_config: TrainConfig, augment: AugmentConfig) -> None:
+        self.config, self.augment, self.loss_fn = train_config, augment, loss_fn
+        self.num_classes = num_classes
+        self.device = resolve_device(train_config.device)
+        self.amp_dtype = resolve_amp(train_config.amp, self.device)
+        torch.manual_seed(train_config.seed)
+        self.model_args = dict(in_channels=in_channels, out_channels=num_classes, **asdict(model_config))
+        self.model = build_model(**self.model_args).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr,
+                                          weight_decay=train_config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(self.device.type == "cuda"
+                                                            and self.amp_dtype == torch.float16))
+        self.needs_dist = bool(getattr(loss_fn, "needs_distance_maps", False))
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, batch: dict, mix_gen: torch.Generator | None = None) -> float | None:
+        device, model = self.device, self.model
+        model.train()
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        dist = batch["dist_map"].to(device) if "dist_map" in batch else None
+        if (self.augment.p_mixup > 0 and mix_gen is not None
+                and float(torch.rand(1, generator=mix_gen)) < self.augment.p_mixup):
+            x, y, dist = mixup(x, y, max(self.num_classes, 1), mix_gen, self.augment.mixup_alpha, dist)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits = model(x)
+        try:
+            loss = (self.loss_fn(logits.float(), y, dist_map=dist) if self.needs_dist
+                    else self.loss_fn(logits.float(), y))
+        except ValueError:
+            if not torch.isfinite(logits.detach()).all():  # the loss refuses NaN/inf logits: skip
+                return None
+            raise
+        if not torch.isfinite(loss):
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+
+def checkpoint_meta(model_args: dict, preprocess: PreprocessConfig | None, label_mode: str,
+                    label_names: dict[int, str] | None, patch_size=None) -> dict:
+    """What a ``model.pt`` carries besides the weights, so :mod:`spineloss.predict` can repeat the
+    preprocessing and rebuild the network."""
+    return {"model": dict(model_args), "preprocess": (preprocess or PreprocessConfig()).to_dict(),
+            "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
+            "num_classes": int(model_args["out_channels"]),
+            "patch_size": tuple(patch_size) if patch_size is not None else None}
+
+
 _HISTORY_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "skipped_steps", "seconds"]
 
 
@@ -256,19 +325,14 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     device = resolve_device(cfg.device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(int(cfg.threads))
-    amp_dtype = resolve_amp(cfg.amp, device)
     in_channels = int(train_cases[0].image.shape[0])
 
-    torch.manual_seed(cfg.seed)
-    model_args = dict(in_channels=in_channels, out_channels=num_classes, **asdict(model_config))
-    model = build_model(**model_args).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and amp_dtype == torch.float16))
+    trainer = Trainer(in_channels, num_classes, loss_fn, model_config, cfg, augment)
+    model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
+    model_args = trainer.model_args
     if hasattr(loss_fn, "prepare"):
         loss_fn.prepare(class_voxel_counts(train_cases, max(num_classes, 2)))
-    needs_dist = bool(getattr(loss_fn, "needs_distance_maps", False))
+    needs_dist = trainer.needs_dist
 
     history: list[dict] = []
     start_epoch, best_dice, best_epoch = 0, -math.inf, -1
@@ -285,42 +349,24 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     dataset = PatchDataset(train_cases, cfg.patch_size, model.divisor, augment, cfg.seed, num_classes,
                            distance_maps=needs_dist, foreground_oversample=cfg.foreground_oversample)
     loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
-    meta = {"model": model_args, "preprocess": (preprocess or PreprocessConfig()).to_dict(),
-            "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
-            "num_classes": num_classes, "patch_size": dataset.patch_size}
+    meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size)
     mix_gen = torch.Generator()
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        trainer.set_lr(lr)
         sampler.set_epoch(epoch)
         mix_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-        model.train()
         losses, skipped = [], 0
         bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            dist = batch["dist_map"].to(device) if "dist_map" in batch else None
-            if augment.p_mixup > 0 and float(torch.rand(1, generator=mix_gen)) < augment.p_mixup:
-                x, y, dist = mixup(x, y, max(num_classes, 1), mix_gen, augment.mixup_alpha, dist)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, dist_map=dist) if needs_dist else loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
+            value = trainer.step(batch, mix_gen)
+            if value is None:
                 skipped += 1
-                log.warning("epoch %d: non-finite loss (%s), step skipped", epoch, float(loss.detach()))
+                log.warning("epoch %d: non-finite loss, step skipped", epoch)
                 continue
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
+            losses.append(value)
             if progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}",
                                 dice="-" if best_epoch < 0 else f"{best_dice:.3f}")

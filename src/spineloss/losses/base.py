@@ -23,8 +23,8 @@ The sufficient-statistics trick
 -------------------------------
 With a softmax and an integer label map, every region loss (Dice, IoU, Tversky, ...) depends on the
 probabilities only through per-(batch, class) sums ``tp = sum p_y``, ``sum p`` (and ``sum p^2``), and the
-distribution losses only through ``log p_y`` at each voxel. :class:`_SoftmaxLabelStats` computes all of them
-in one pass after one softmax and writes the gradient of the logits directly in its backward
+distribution losses only through ``log p_y`` at each voxel. :class:`_SoftmaxLabelStats` computes what the
+loss asks for after a single softmax and writes the gradient of the logits directly in its backward
 (``dL/dx = p * (G - sum_c p_c G_c)`` with ``G`` the gradient with respect to the probabilities), without ever
 building a one-hot tensor. This is what makes the region and distribution losses faster than MONAI's.
 """
@@ -166,32 +166,67 @@ def _no_autocast(device_type: str):
 # fused softmax statistics for integer label maps
 
 
+_LANE_CACHE: dict[tuple, tuple[Tensor, int]] = {}
+
+
+def _lane_base(B: int, C: int, N: int, device: torch.device) -> tuple[Tensor, int]:
+    """``(base, K)``: base (B, N) int64 = ``(n mod K) + b C K``; cached per shape (at most 4 kept).
+
+    ``bins = base + K * label`` spreads the voxels of one label over ``K`` interleaved accumulators, so a
+    scatter-add over a piecewise-constant label map has no long dependency chain (about 5x faster than
+    ``bincount`` on CPU) and each float32 accumulator sums at most ~8k values (relative error ~1e-7).
+    """
+    key = (B, C, N, str(device))
+    hit = _LANE_CACHE.get(key)
+    if hit is None:
+        K = int(min(max(16, N // 8192), 8192))
+        if len(_LANE_CACHE) >= 4:
+            _LANE_CACHE.pop(next(iter(_LANE_CACHE)))
+        lanes = torch.arange(N, device=device) % K
+        base = lanes.view(1, N) + (torch.arange(B, device=device) * (C * K)).view(B, 1)
+        hit = _LANE_CACHE[key] = (base, K)
+    return hit
+
+
+def _class_sums(bins: Tensor, K: int, values: Tensor | None, B: int, C: int) -> Tensor:
+    """Per-(batch, class) sums (B, C) of ``values`` (B, N) over each label's voxels; counts if None."""
+    if values is None:
+        acc = torch.bincount(bins.reshape(-1), minlength=B * C * K).to(torch.float64)
+    else:
+        acc = torch.zeros(B * C * K, dtype=values.dtype, device=bins.device)
+        acc.scatter_add_(0, bins.reshape(-1), values.reshape(-1))
+    return acc.view(B, C, K).sum(dim=2)
+
+
 class _SoftmaxLabelStats(torch.autograd.Function):
     """Softmax of ``x`` (B, C, N) and, for labels ``y`` (B, 1, N), the statistics the losses need.
 
     Outputs ``p`` (B, C, N), ``tp[b, c] = sum_{n: y=c} p_c``, ``sp[b, c] = sum_n p_c``,
-    ``sq[b, c] = sum_n p_c^2`` (zeros unless ``squared``) and ``lpt[b, 0, n] = log p_{y_n}``.
-    The backward forms ``G = dL/dp`` implicitly and returns ``p * (G - sum_c p_c G_c)``, plus the
-    ``log p_y`` term ``g * (e_y - p)``, without materialising a one-hot tensor.
+    ``sq[b, c] = sum_n p_c^2`` (None unless ``squared``) and ``lpt[b, 0, n] = log p_{y_n}`` (None unless
+    ``want_lpt``). The backward forms ``G = dL/dp`` implicitly and returns ``p * (G - sum_c p_c G_c)``, plus
+    the ``log p_y`` term ``g * (e_y - p)``, without materialising a one-hot tensor.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, labels: Tensor, squared: bool):  # type: ignore[override]
+    def forward(ctx, x: Tensor, labels: Tensor, bins: Tensor, lanes: int, want_region: bool,  # type: ignore[override]
+                squared: bool, want_lpt: bool):
         ctx.set_materialize_grads(False)
+        B, C, _ = x.shape
         p = torch.softmax(x, dim=1)
         pt = p.gather(1, labels)
-        lpt = torch.log(pt)
-        small = pt < 1e-30  # underflow (logit gaps of ~70 or more): recompute those log p_y exactly
-        if bool(small.any()):
-            b, _, n = small.nonzero(as_tuple=True)
-            xs = x[b, :, n]  # (K, C)
-            exact = xs.gather(1, labels[b, :, n]) - torch.logsumexp(xs, dim=1, keepdim=True)
-            lpt[b, 0, n] = exact[:, 0]
-        B, C, _ = x.shape
-        tp = torch.stack([torch.bincount(labels[b, 0], weights=pt[b, 0], minlength=C) for b in range(B)])
-        tp = tp.to(x.dtype)
-        sp = p.sum(dim=2)
-        sq = p.square().sum(dim=2) if squared else torch.zeros_like(sp)
+        lpt = tp = sp = sq = None
+        if want_lpt:
+            lpt = torch.log(pt)
+            if float(pt.min()) < 1e-30:  # underflow (logit gaps of ~70 or more): recompute those exactly
+                b, _, n = (pt < 1e-30).nonzero(as_tuple=True)
+                xs = x[b, :, n]  # (K, C)
+                exact = xs.gather(1, labels[b, :, n]) - torch.logsumexp(xs, dim=1, keepdim=True)
+                lpt[b, 0, n] = exact[:, 0]
+        if want_region:
+            tp = _class_sums(bins, lanes, pt, B, C)
+            sp = p.sum(dim=2)
+        if squared:
+            sq = p.square().sum(dim=2)
         ctx.save_for_backward(p, labels, pt)
         return p, tp, sp, sq, lpt
 
@@ -205,34 +240,31 @@ class _SoftmaxLabelStats(torch.autograd.Function):
         if g_sq is not None:
             sq_part = p * (2.0 * g_sq)[:, :, None]
             dense = sq_part if dense is None else dense + sq_part
-        a = g_sp if g_sp is not None else None
-        t = g_tp.gather(1, labels[:, 0]).unsqueeze(1) if g_tp is not None else None  # (B, 1, N)
-        # s(n) = sum_c p_c dL/dp_c
-        s = torch.zeros((B, 1, N), dtype=p.dtype, device=p.device)
-        if dense is not None:
-            s = s + (p * dense).sum(dim=1, keepdim=True)
-        if a is not None:
-            s = s + torch.bmm(a[:, None, :], p)
-        if t is not None:
-            s = s + pt * t
+        a = g_sp
+        # at_label(n) = p_y t(n) + g_lpt(n), t = g_tp[y]: the part of dL/dx_y beyond the softmax coupling
+        at_label = g_tp.gather(1, labels[:, 0]).unsqueeze(1).mul_(pt) if g_tp is not None else None
         if g_lpt is not None:
-            s = s + g_lpt
+            at_label = g_lpt if at_label is None else at_label.add_(g_lpt)
+        # s(n) = sum_c p_c dL/dp_c (+ g_lpt, whose term -g_lpt p joins the same product below)
+        s = torch.bmm(a[:, None, :], p) if a is not None else None
+        if dense is not None:
+            sd = (p * dense).sum(dim=1, keepdim=True)
+            s = sd if s is None else s.add_(sd)
+        if at_label is not None:
+            s = at_label.clone() if s is None else s.add_(at_label)
+        if s is None:
+            s = p.new_zeros((B, 1, N))
         # grad = p * (D + a - s) + e_y * (p_y t + g_lpt), written in one buffer
-        if a is None:
-            grad = torch.neg(s).expand(B, C, N).contiguous()
+        if a is None and dense is None:
+            grad = torch.mul(p, s).neg_()
         else:
-            grad = torch.sub(a[:, :, None], s)
-        if dense is not None:
-            grad += dense
-        grad *= p
-        at_label = None
-        if t is not None:
-            at_label = pt * t
-        if g_lpt is not None:
-            at_label = g_lpt if at_label is None else at_label + g_lpt
+            grad = torch.neg(s).expand(B, C, N).contiguous() if a is None else torch.sub(a[:, :, None], s)
+            if dense is not None:
+                grad += dense
+            grad *= p
         if at_label is not None:
             grad.scatter_add_(1, labels, at_label)
-        return grad, None, None
+        return grad, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,11 +308,12 @@ class LossInput:
             self.x = self.x.contiguous()
         self.labels: Tensor | None = None
         self.soft: Tensor | None = None
-        self._counts: Tensor | None = None
         self._set_target(target)
         self.dist_map = self._check_dist_map(dist_map)
         self._cache: dict[Any, Any] = {}
-        self.want_squared = False  # set by the loss before the first statistics are computed
+        self.want_squared = False  # set by the loss: which fused statistics to compute (see Loss.make_input)
+        self.want_log_py = True
+        self.want_region = True
         self.prefer_stats = False  # True when some term reads the fused statistics: CE then shares them
 
     # -- validation -----------------------------------------------------------------------------------------
@@ -309,7 +342,7 @@ class LossInput:
             raise ValueError(f"{owner}: target must be a label map B x [1 x] D x H x W or a one-hot/soft "
                              f"target B x C x D x H x W, got shape {shape}")
         if self.activation == "softmax":
-            labels = self._check_labels(labels, with_counts=True)
+            labels = self._check_labels(labels)
             self.labels = labels.reshape(B, 1, self.N)
             return
         labels = self._check_labels(labels)
@@ -319,7 +352,7 @@ class LossInput:
             ar = torch.arange(C, device=self.device).view(1, C, 1)
             self.soft = (labels.reshape(B, 1, self.N) == ar).float()
 
-    def _check_labels(self, labels: Tensor, with_counts: bool = False) -> Tensor:
+    def _check_labels(self, labels: Tensor) -> Tensor:
         owner, C = self.owner, self.C
         if labels.dtype == torch.bool:
             labels = labels.long()
@@ -334,18 +367,6 @@ class LossInput:
         else:
             labels = labels.long()
         top = 1 if C == 1 else C - 1
-        if with_counts:  # one pass: per-sample class counts, which also bound the labels
-            counts = []
-            for b in range(labels.shape[0]):
-                try:
-                    cnt = torch.bincount(labels[b].reshape(-1), minlength=C)
-                except RuntimeError:  # negative values
-                    cnt = None
-                if cnt is None or cnt.numel() > C:
-                    self._label_range_error(labels)
-                counts.append(cnt)
-            self._counts = torch.stack(counts).to(torch.float32)
-            return labels
         lo, hi = torch.aminmax(labels)
         if int(lo) < 0 or int(hi) > top:
             self._label_range_error(labels)
@@ -394,17 +415,28 @@ class LossInput:
         """True for the fast path: softmax with an integer label map."""
         return self.labels is not None
 
-    def label_stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def bins(self) -> tuple[Tensor, int]:
+        """Lane-interleaved bin index (B, N) of every voxel's label and the lane count (label path)."""
+        key = ("bins",)
+        if key not in self._cache:
+            assert self.labels is not None
+            base, K = _lane_base(self.B, self.C, self.N, self.device)
+            self._cache[key] = (torch.add(base, self.labels[:, 0], alpha=K), K)
+        return self._cache[key]
+
+    def label_stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """``(p, tp, sum_p, sum_p2, log_p_y)`` from :class:`_SoftmaxLabelStats` (label path only)."""
         key = ("stats",)
         if key not in self._cache:
             assert self.labels is not None
-            self._cache[key] = _SoftmaxLabelStats.apply(self.x, self.labels, bool(self.want_squared))
+            bins, K = self.bins()
+            self._cache[key] = _SoftmaxLabelStats.apply(self.x, self.labels, bins, K, bool(self.want_region),
+                                                         bool(self.want_squared), bool(self.want_log_py))
         return self._cache[key]
 
     def probs(self) -> Tensor:
         """Probabilities (B, C, N): softmax over channels or elementwise sigmoid."""
-        if self.label_path:
+        if self.label_path and (self.want_region or self.want_log_py or self.want_squared):
             return self.label_stats()[0]
         key = ("probs",)
         if key not in self._cache:
@@ -423,7 +455,7 @@ class LossInput:
         key = ("counts",)
         if key not in self._cache:
             if self.label_path:
-                self._cache[key] = self._counts
+                self._cache[key] = _class_sums(*self.bins(), None, self.B, self.C).to(torch.float32)
             else:
                 assert self.soft is not None
                 self._cache[key] = self.soft.sum(dim=2)
@@ -440,6 +472,8 @@ class LossInput:
             return self._cache[key]
         if self.label_path:
             _, tp, sp, sq, _ = self.label_stats()
+            if tp is None or sp is None:
+                raise RuntimeError("internal: region statistics requested but not prepared (wants_region() missing)")
             st = self.counts()
             out = {"tp": tp, "sp": sp, "st": st}
             if squared:
@@ -483,30 +517,37 @@ class LossInput:
             return self.soft
         return self.soft[:, list(classes)]
 
-    def gt_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float]) -> Tensor:
-        """Signed distance maps of the ground truth (B, len(classes), N): from ``dist_map`` or computed."""
+    def gt_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float],
+                       squared: bool = False) -> Tensor:
+        """Signed distance maps of the ground truth (B, len(classes), N): from ``dist_map`` or computed; with
+        ``squared`` the squared distances ``phi^2`` (computed directly when there is no ``dist_map``)."""
         if self.dist_map is not None:
-            if list(classes) == list(range(self.C)):
-                return self.dist_map
-            return self.dist_map[:, list(classes)]
+            maps = self.dist_map if list(classes) == list(range(self.C)) else self.dist_map[:, list(classes)]
+            return maps.square() if squared else maps
         key = ("gt_maps", tuple(classes), tuple(spacing))
+        if squared:
+            if key in self._cache:  # the signed maps are there already (a boundary term): square them
+                return self._cache[key].square()
+            key = key + ("squared",)
         if key not in self._cache:
             from .distance_maps import signed_distance_maps_torch
 
             tgt = self.labels[:, 0].reshape((self.B,) + self.spatial) if self.label_path else \
                 self.soft.reshape((self.B, self.C) + self.spatial)  # type: ignore[union-attr]
-            maps = signed_distance_maps_torch(tgt, self.C, spacing=spacing, classes=classes)
+            maps = signed_distance_maps_torch(tgt, self.C, spacing=spacing, classes=classes, squared=squared)
             self._cache[key] = maps.reshape(self.B, len(classes), self.N)
         return self._cache[key]
 
-    def pred_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float]) -> Tensor:
-        """Signed distance maps (B, len(classes), N) of the thresholded prediction ``p > 0.5`` (no gradient)."""
-        key = ("pred_maps", tuple(classes), tuple(spacing))
+    def pred_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float],
+                         squared: bool = False) -> Tensor:
+        """Signed maps (B, len(classes), N) of the thresholded prediction ``p > 0.5`` (no gradient); with
+        ``squared`` the unsigned squared distances."""
+        key = ("pred_maps", tuple(classes), tuple(spacing), squared)
         if key not in self._cache:
             from .distance_maps import prediction_signed_maps
 
             p = self.probs().detach().reshape((self.B, self.C) + self.spatial)
-            maps = prediction_signed_maps(p, self.activation, classes=classes, spacing=spacing)
+            maps = prediction_signed_maps(p, self.activation, classes=classes, spacing=spacing, squared=squared)
             self._cache[key] = maps.reshape(self.B, len(classes), self.N)
         return self._cache[key]
 
@@ -536,7 +577,7 @@ class Loss(nn.Module):
         super().__init__()
         self.reduction = check_choice("reduction", reduction, self.reductions, self._owner())
         if activation is not None:
-            check_choice("activation", activation, ACTIVATIONS + (None,), self._owner())
+            check_choice("activation", activation, ACTIVATIONS, self._owner())
         self.activation = activation
         #: check that the loss value is finite (and name the culprit) after each call
         self.validate = True
@@ -550,7 +591,7 @@ class Loss(nn.Module):
         out = {}
         for pname, b in self.tunables.items():
             value = getattr(self, pname)
-            if value is None or not isinstance(value, (int, float)):
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # e.g. focal alpha=None or a per-class sequence: not a scalar knob right now
             out[pname] = ParamSpec(pname, float(value), b.low, b.high, b.low_inclusive, b.high_inclusive,
                                    b.log_scale, b.doc)
@@ -580,18 +621,29 @@ class Loss(nn.Module):
         """
         return None
 
-    # -- computation --------------------------------------------------------------------------------------
+    # -- what the shared input should compute ---------------------------------------------------------------
     def wants_squared(self) -> bool:
         """Whether this loss needs ``sum p^2`` statistics (Dice/IoU with ``squared_pred``)."""
+        return False
+
+    def wants_log_py(self) -> bool:
+        """Whether this loss reads ``log p_y`` from the fused statistics (distribution losses)."""
+        return False
+
+    def wants_region(self) -> bool:
+        """Whether this loss reads the per-class sums ``TP``, ``sum p`` from the fused statistics."""
         return False
 
     def make_input(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> LossInput:
         """Check the inputs and build the shared :class:`LossInput` (float32)."""
         batch = LossInput(input, target, dist_map, activation=self.activation, owner=self._owner())
         batch.want_squared = self.wants_squared()
+        batch.want_log_py = self.wants_log_py()
+        batch.want_region = self.wants_region()
         batch.prefer_stats = self.uses_label_stats
         return batch
 
+    # -- computation --------------------------------------------------------------------------------------
     def forward(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> Tensor:
         """Loss of logits ``input`` (B x C x D x H x W) against ``target``; see the module docstring."""
         with _no_autocast(input.device.type if isinstance(input, Tensor) else "cpu"):

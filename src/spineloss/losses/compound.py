@@ -114,6 +114,12 @@ class WeightedSumLoss(Loss):
     def wants_squared(self) -> bool:
         return any(child.wants_squared() for child in self.terms.values())
 
+    def wants_log_py(self) -> bool:
+        return any(child.wants_log_py() for child in self.terms.values())
+
+    def wants_region(self) -> bool:
+        return any(child.wants_region() for child in self.terms.values())
+
     def prepare(self, class_voxel_counts) -> None:
         """Pass the class counts on to every term."""
         for child in self.terms.values():

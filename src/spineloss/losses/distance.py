@@ -26,6 +26,7 @@ __all__ = ["BoundaryLoss", "HausdorffDTLoss"]
 
 class _DistanceLoss(Loss):
     needs_distance_maps = True
+    uses_label_stats = True  # reads the probabilities: share the softmax with CE terms of a compound
 
     def __init__(self, include_background: bool, spacing: Any, batch: bool, reduction: str,
                  activation: str | None) -> None:
@@ -80,13 +81,10 @@ class HausdorffDTLoss(_DistanceLoss):
         p = batch.probs()
         p = p if len(cls) == batch.C else p[:, cls[0]:]
         with torch.no_grad():
-            phi_g = batch.gt_signed_maps(cls, self.spacing)
-            phi_p = batch.pred_signed_maps(cls, self.spacing)
+            d2_g = batch.gt_signed_maps(cls, self.spacing, squared=True)  # squared distances, no sqrt
+            d2_p = batch.pred_signed_maps(cls, self.spacing, squared=True)
             a = float(self.alpha)
-            if a == 2.0:
-                dist = phi_g.square() + phi_p.square()
-            else:
-                dist = phi_g.abs().pow(a) + phi_p.abs().pow(a)
+            dist = d2_g + d2_p if a == 2.0 else d2_g.pow(a / 2.0).add_(d2_p.pow(a / 2.0))
         if batch.label_path:
             diff = p - batch.target_masks(cls).to(p.dtype)
         else:

@@ -21,17 +21,20 @@ the convention of MONAI and of Kervadec's reference code.
   mask (``-(edt(G) - 1)``); the boundary loss adds that offset itself (``inside_offset``), so both distance
   losses read the same map.
 
-Speed: an integer label map is a partition, so one multi-label EDT pass gives every voxel its distance to
-the nearest voxel of another label, i.e. the inside distance of its own class for all classes at once; the
-outside distance of each class is one binary EDT of the whole volume (it cannot be cropped exactly). A
-class that is empty or full costs nothing. For masks that are not a partition (soft targets, sigmoid
-outputs), the inside distance is computed on the bounding box of the mask grown by one voxel, which is exact
-(the nearest outside voxel of an inside voxel is never farther than the box's shell).
+Speed: one exact EDT (the ``edt`` package, Silversmith et al.) per class and sample, on a two-label image
+(the class as label 1, the rest as label 2): ``edt`` gives every voxel its distance to the nearest voxel of
+the other label, so one pass yields ``|phi|`` on both sides of the boundary; an empty or full class costs
+nothing. That is half as many transforms as MONAI's per-(item, class) ``edt(fg)`` and ``edt(bg)``, each about
+3x faster than scipy's, spread over threads when ``parallel > 1`` (``edt`` releases the GIL). The Hausdorff
+loss asks for ``phi^2`` directly (``edt.edtsq``, no square roots).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -40,11 +43,12 @@ from torch import Tensor
 __all__ = ["prediction_signed_maps", "signed_distance_maps", "signed_distance_maps_torch"]
 
 
-def _edt(data: np.ndarray, spacing: Sequence[float], parallel: int) -> np.ndarray:
+def _edt(data: np.ndarray, spacing: Sequence[float], parallel: int, squared: bool = False) -> np.ndarray:
     import edt  # imported here: keeps `import spineloss.losses` light
 
-    return edt.edt(np.ascontiguousarray(data), anisotropy=tuple(float(s) for s in spacing),
-                   black_border=False, parallel=max(1, int(parallel)))
+    fn = edt.edtsq if squared else edt.edt
+    return fn(np.ascontiguousarray(data), anisotropy=tuple(float(s) for s in spacing), black_border=False,
+              parallel=max(1, int(parallel)))
 
 
 def _label_dtype(n_labels: int) -> np.dtype:
@@ -55,51 +59,65 @@ def _label_dtype(n_labels: int) -> np.dtype:
     return np.dtype(np.uint32)
 
 
-def _maps_from_partition(part: np.ndarray, values: Sequence[int], spacing: Sequence[float],
-                         parallel: int) -> np.ndarray:
-    """Signed maps of the masks ``part == v`` for each ``v`` in ``values``.
+def _field(mask: np.ndarray, spacing: Sequence[float], parallel: int, squared: bool = False) -> np.ndarray:
+    """``phi`` of one boolean mask (or ``phi^2`` with ``squared``); zeros for an empty or full mask.
 
-    ``part`` is an unsigned label array in which every voxel has exactly one value; the value 0 means "no
-    class" (it is a boundary for every class and never asked for).
+    One two-label EDT: with the mask as label 1 and the rest as label 2, ``edt`` gives every voxel its
+    distance to the nearest voxel of the other label, i.e. ``|phi|`` on both sides at once.
     """
-    out = np.zeros((len(values),) + part.shape, dtype=np.float32)
-    n = part.size
-    counts = np.bincount(part.reshape(-1), minlength=int(max(values, default=0)) + 1)
-    todo = [i for i, v in enumerate(values) if 0 < counts[v] < n]
-    if not todo:
-        return out
-    inside = _edt(part, spacing, parallel)  # distance to the nearest voxel with another value
-    for i in todo:
-        not_v = part != values[i]
-        outside = _edt(not_v.view(np.uint8), spacing, parallel)  # distance to the nearest voxel of v
-        np.copyto(out[i], outside)
-        np.negative(inside, out=outside)  # reuse the buffer
-        np.copyto(out[i], outside, where=~not_v)
-    return out
-
-
-def _bbox_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    sl = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        lo = max(int(idx[0]) - margin, 0)
-        hi = min(int(idx[-1]) + margin + 1, mask.shape[axis])
-        sl.append(slice(lo, hi))
-    return tuple(sl)
-
-
-def _map_from_mask(mask: np.ndarray, spacing: Sequence[float], parallel: int) -> np.ndarray:
-    """Signed map of one boolean mask (the general path; crops the inside transform to the mask's box)."""
-    out = np.zeros(mask.shape, dtype=np.float32)
     n_in = int(np.count_nonzero(mask))
     if n_in == 0 or n_in == mask.size:
-        return out
-    outside = _edt((~mask).view(np.uint8), spacing, parallel)
-    box = _bbox_slices(mask)
-    inside = _edt(np.ascontiguousarray(mask[box]).view(np.uint8), spacing, parallel)
-    out[...] = outside
-    out[box] -= inside  # inside is 0 off the mask, outside is 0 on it
+        return np.zeros(mask.shape, dtype=np.float32)
+    two = np.add((~mask).view(np.uint8), 1, dtype=np.uint8)  # 1 inside, 2 outside
+    dist = _edt(two, spacing, parallel, squared)
+    if not squared:
+        np.negative(dist, out=dist, where=mask)
+    return dist
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _run(jobs: list[Callable[[], None]], threads: int) -> None:
+    """Run independent EDT jobs, on ``threads`` threads when > 1 (``edt`` releases the GIL)."""
+    global _POOL, _POOL_PID
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    with _POOL_LOCK:
+        # a new pool after a fork (the parent's threads do not exist in the child) or for more threads
+        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < threads:  # noqa: SLF001
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spineloss-edt")
+            _POOL_PID = os.getpid()
+        pool = _POOL
+    for future in [pool.submit(job) for job in jobs]:
+        future.result()
+
+
+def _partition_jobs(out: np.ndarray, part: np.ndarray, values: Sequence[int], spacing: Sequence[float],
+                    squared: bool) -> list[Callable[[], None]]:
+    """Jobs filling ``out[i]`` with ``phi`` (or ``phi^2``) of ``part == values[i]``; empty/full masks stay 0."""
+    counts = np.bincount(part.reshape(-1), minlength=int(max(values, default=0)) + 1)
+    jobs = []
+    for i, v in enumerate(values):
+        if 0 < counts[v] < part.size:
+            def job(i=i, v=v):
+                out[i] = _field(part == v, spacing, 1, squared)
+            jobs.append(job)
+    return jobs
+
+
+def _maps_from_partition(part: np.ndarray, values: Sequence[int], spacing: Sequence[float], parallel: int,
+                         squared: bool = False) -> np.ndarray:
+    """``phi`` (or ``phi^2``) of the masks ``part == v`` for each ``v`` in ``values``, ``len(values) x ...``.
+
+    ``part`` is an unsigned label array in which every voxel has one value (0 may mean "no class").
+    """
+    out = np.zeros((len(values),) + part.shape, dtype=np.float32)
+    _run(_partition_jobs(out, part, values, spacing, squared), parallel)
     return out
 
 
@@ -125,7 +143,8 @@ def _check_classes(classes: Sequence[int] | None, num_classes: int) -> list[int]
 
 
 def signed_distance_maps(label: np.ndarray, num_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                         classes: Sequence[int] | None = None, parallel: int = 1) -> np.ndarray:
+                         classes: Sequence[int] | None = None, parallel: int = 1,
+                         squared: bool = False) -> np.ndarray:
     """Signed Euclidean distance map (mm) of each class of one sample, ``C x D x H x W`` float32.
 
     Args:
@@ -136,6 +155,7 @@ def signed_distance_maps(label: np.ndarray, num_classes: int, spacing: Sequence[
         spacing: voxel size in mm along the three axes of ``label`` (default ``(1, 1, 1)``).
         classes: compute only these channels (others are left out of the result); default all.
         parallel: threads for ``edt`` (1 in data-loader workers, which are already parallel).
+        squared: return the unsigned squared distances ``phi^2`` instead (what the Hausdorff loss needs).
 
     Returns:
         ``phi`` with the convention of this module: negative inside the class, positive outside, ``|phi|``
@@ -163,7 +183,7 @@ def signed_distance_maps(label: np.ndarray, num_classes: int, spacing: Sequence[
             raise ValueError(f"label values must be in [0, {num_classes - 1}] for num_classes = {num_classes}, "
                              f"found values in [{lo}, {hi}]")
         part = (label.astype(np.int64) + 1).astype(_label_dtype(num_classes + 1))
-        return _maps_from_partition(part, [c + 1 for c in cls], sp, parallel)
+        return _maps_from_partition(part, [c + 1 for c in cls], sp, parallel, squared)
     if label.shape[0] != num_classes:
         raise ValueError(f"a one-hot/soft target must have num_classes = {num_classes} channels, "
                          f"got shape {label.shape}")
@@ -173,10 +193,13 @@ def signed_distance_maps(label: np.ndarray, num_classes: int, spacing: Sequence[
     masks = label > 0.5
     if num_classes > 1 and bool(np.all(masks.sum(axis=0) == 1)):  # one-hot: a partition
         part = (np.argmax(masks, axis=0) + 1).astype(_label_dtype(num_classes + 1))
-        return _maps_from_partition(part, [c + 1 for c in cls], sp, parallel)
+        return _maps_from_partition(part, [c + 1 for c in cls], sp, parallel, squared)
     out = np.zeros((len(cls),) + label.shape[1:], dtype=np.float32)
-    for i, c in enumerate(cls):
-        out[i] = _map_from_mask(masks[c], sp, parallel)
+
+    def job(i: int, c: int) -> None:
+        out[i] = _field(masks[c], sp, 1, squared)
+
+    _run([lambda i=i, c=c: job(i, c) for i, c in enumerate(cls)], parallel)
     return out
 
 
@@ -185,7 +208,8 @@ def _is_integral(a: np.ndarray) -> bool:
 
 
 def signed_distance_maps_torch(target: Tensor, num_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                               classes: Sequence[int] | None = None, parallel: int | None = None) -> Tensor:
+                               classes: Sequence[int] | None = None, parallel: int | None = None,
+                               squared: bool = False) -> Tensor:
     """Batch version of :func:`signed_distance_maps`: ``B x C' x D x H x W`` float32 on ``target``'s device.
 
     ``target``: label maps ``B x D x H x W`` or ``B x 1 x D x H x W`` (integer), or one-hot/soft targets
@@ -197,31 +221,46 @@ def signed_distance_maps_torch(target: Tensor, num_classes: int, spacing: Sequen
     if t.ndim == 5 and t.shape[1] == 1 and (num_classes > 1 or not t.is_floating_point()):
         t = t[:, 0]
     arr = t.cpu().numpy()
-    maps = [signed_distance_maps(arr[b], num_classes, spacing, classes, threads) for b in range(arr.shape[0])]
-    return torch.from_numpy(np.stack(maps)).to(target.device)
+    if threads <= 1 or arr.shape[0] == 1:
+        maps = [signed_distance_maps(arr[b], num_classes, spacing, classes, threads, squared)
+                for b in range(arr.shape[0])]
+        return torch.from_numpy(np.stack(maps)).to(target.device)
+    out: list[np.ndarray | None] = [None] * arr.shape[0]
+
+    def one(b: int) -> None:
+        out[b] = signed_distance_maps(arr[b], num_classes, spacing, classes, 1, squared)
+
+    _run([lambda b=b: one(b) for b in range(arr.shape[0])], threads)
+    return torch.from_numpy(np.stack(out)).to(target.device)  # type: ignore[arg-type]
 
 
 def prediction_signed_maps(probs: Tensor, activation: str, classes: Sequence[int],
-                           spacing: Sequence[float] = (1.0, 1.0, 1.0), parallel: int | None = None) -> Tensor:
+                           spacing: Sequence[float] = (1.0, 1.0, 1.0), parallel: int | None = None,
+                           squared: bool = False) -> Tensor:
     """Signed maps ``B x C' x ...`` of the thresholded prediction ``probs > 0.5`` (as MONAI's Hausdorff loss).
 
-    With a softmax the masks are disjoint, so they form a partition with a "no class" value and share one
-    multi-label EDT pass; with sigmoids each channel is its own mask.
+    With ``squared`` the unsigned squared distances ``phi^2`` (what the Hausdorff loss needs for alpha = 2,
+    without square roots). With a softmax the masks are disjoint, so they form a partition with a "no class"
+    value and share one multi-label EDT pass; with sigmoids each channel is its own mask.
     """
     threads = torch.get_num_threads() if parallel is None else int(parallel)
     sp = _check_spacing(spacing, probs.ndim - 2)
     B, C = probs.shape[:2]
     cls = _check_classes(classes, C)
     out = np.zeros((B, len(cls)) + tuple(probs.shape[2:]), dtype=np.float32)
+    jobs: list[Callable[[], None]] = []
     if activation == "softmax":
         pmax, idx = probs.max(dim=1)
-        part = torch.where(pmax > 0.5, idx + 1, torch.zeros_like(idx))
-        part_np = part.cpu().numpy().astype(_label_dtype(C + 1))
+        part = torch.where(pmax > 0.5, idx + 1, torch.zeros_like(idx)).to(torch.uint8 if C < 255 else torch.int32)
+        part_np = part.cpu().numpy().astype(_label_dtype(C + 1), copy=False)
         for b in range(B):
-            out[b] = _maps_from_partition(part_np[b], [c + 1 for c in cls], sp, threads)
+            jobs += _partition_jobs(out[b], part_np[b], [c + 1 for c in cls], sp, squared)
     else:
         masks = (probs[:, cls] > 0.5).cpu().numpy()
         for b in range(B):
             for i in range(len(cls)):
-                out[b, i] = _map_from_mask(masks[b, i], sp, threads)
+                def job(b=b, i=i):
+                    out[b, i] = _field(masks[b, i], sp, 1, squared)
+                jobs.append(job)
+    _run(jobs, threads)
     return torch.from_numpy(out).to(probs.device)

@@ -30,7 +30,10 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def _ce_log_py(batch: LossInput) -> Tensor:
     """``log p_y`` (B, 1, N) on the softmax label path, through the shared fused statistics."""
-    return batch.label_stats()[4]
+    lpt = batch.label_stats()[4]
+    if lpt is None:
+        raise RuntimeError("internal: log p_y requested but not prepared (wants_log_py() missing)")
+    return lpt
 
 
 def _class_weight_vector(weight: Tensor | None, batch: LossInput, owner: str) -> Tensor | None:
@@ -102,6 +105,9 @@ class CrossEntropyLoss(Loss):
 
     def class_weights(self, batch: LossInput) -> Tensor | None:
         return _class_weight_vector(self.weight, batch, self._owner())
+
+    def wants_log_py(self) -> bool:
+        return True
 
     def compute(self, batch: LossInput) -> Tensor:
         w = self.class_weights(batch)
@@ -207,6 +213,9 @@ class TopKLoss(Loss):
         super().__init__(reduction=reduction, activation=activation)
         self._init_tunable("k", k)
 
+    def wants_log_py(self) -> bool:
+        return True
+
     def compute(self, batch: LossInput) -> Tensor:
         loss, _ = per_voxel_cross_entropy(batch)
         flat = loss.reshape(-1)
@@ -225,6 +234,67 @@ class TopKLoss(Loss):
             flat = flat * keep
         shape = (batch.B,) + batch.spatial if loss.ndim == 2 else (batch.B, batch.C) + batch.spatial
         return flat.reshape(shape)
+
+
+def _sigmoid_logs(x: Tensor, p: Tensor, q: Tensor, extreme: bool) -> tuple[Tensor, Tensor]:
+    """``log p, log q`` for ``p = sigmoid(x)``, ``q = sigmoid(-x)``: plain logs unless logits are extreme."""
+    if not extreme:  # |x| < 80: p and q are normal floats, so log is exact enough (and fast)
+        return torch.log(p), torch.log(q)
+    log_p = F.logsigmoid(x)
+    return log_p, log_p - x
+
+
+def _mul_pow_(buf: Tensor, base: Tensor, gamma: float) -> Tensor:
+    """``buf *= base ** gamma`` in place (two multiplications for the usual gamma = 2)."""
+    if gamma == 2.0:
+        return buf.mul_(base).mul_(base)
+    if gamma == 1.0:
+        return buf.mul_(base)
+    if gamma == 0.0:
+        return buf
+    return buf.mul_(base.pow(gamma))
+
+
+class _SigmoidFocal(torch.autograd.Function):
+    """Element-wise sigmoid focal loss with its analytic gradient, in place where possible.
+
+    ``l = -[a+ t q^g log p + a- (1 - t) p^g log q]``, ``p = sigmoid(x)``, ``q = 1 - p``;
+    ``dl/dx = -[a+ t q^g (q - g p log p) + a- (1 - t) p^g (g q log q - p)]`` (no ``q^(g-1)``: finite for any
+    g). Saves ``p`` and ``q`` besides the inputs; four full-size buffers forward, two backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, pos: Tensor | None, neg: Tensor | None,  # type: ignore[override]
+                gamma: float) -> Tensor:
+        p = torch.sigmoid(x)
+        q = torch.neg(x).sigmoid_()  # 1 - p without cancellation
+        lo, hi = torch.aminmax(x)
+        extreme = float(hi) >= 80.0 or float(lo) <= -80.0
+        log_p, log_q = _sigmoid_logs(x, p, q, extreme)
+        loss = _mul_pow_(log_p, q, gamma).mul_(t)  # t q^g log p
+        neg_term = _mul_pow_(log_q, p, gamma)  # p^g log q
+        neg_term.addcmul_(neg_term, t, value=-1.0)  # (1 - t) p^g log q
+        if pos is not None:
+            loss.mul_(pos)
+        if neg is not None:
+            neg_term.mul_(neg)
+        ctx.save_for_backward(x, t, p, q, pos, neg)
+        ctx.gamma, ctx.extreme = gamma, extreme
+        return loss.add_(neg_term).neg_()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, t, p, q, pos, neg = ctx.saved_tensors
+        gamma = ctx.gamma
+        log_p, log_q = _sigmoid_logs(x, p, q, ctx.extreme)
+        a = _mul_pow_(log_p.mul_(p).mul_(-gamma).add_(q), q, gamma).mul_(t)  # t q^g (q - g p log p)
+        b = _mul_pow_(log_q.mul_(q).mul_(gamma).sub_(p), p, gamma)  # p^g (g q log q - p)
+        b.addcmul_(b, t, value=-1.0)
+        if pos is not None:
+            a.mul_(pos)
+        if neg is not None:
+            b.mul_(neg)
+        return a.add_(b).mul_(g).neg_(), None, None, None, None
 
 
 class FocalLoss(Loss):
@@ -302,6 +372,9 @@ class FocalLoss(Loss):
             neg = w if neg is None else neg * w
         return pos, neg
 
+    def wants_log_py(self) -> bool:
+        return True
+
     def _modulator(self, one_minus: Tensor) -> Tensor:
         g = float(self.gamma)
         if g == 0.0:
@@ -346,14 +419,9 @@ class FocalLoss(Loss):
         # sigmoid, element-wise
         assert batch.soft is not None
         x, t = batch.x[:, start:], batch.soft[:, start:]
-        log_p, log_q = F.logsigmoid(x), F.logsigmoid(-x)
-        pos_term = -t * self._modulator(torch.exp(log_q)) * log_p
-        neg_term = -(1.0 - t) * self._modulator(torch.exp(log_p)) * log_q
-        if pos is not None:
-            pos_term = pos_term * pos[start:].view(1, -1, 1)
-        if neg is not None:
-            neg_term = neg_term * neg[start:].view(1, -1, 1)
-        loss = pos_term + neg_term
+        pos_c = pos[start:].view(1, -1, 1) if pos is not None else None
+        neg_c = neg[start:].view(1, -1, 1) if neg is not None else None
+        loss = _SigmoidFocal.apply(x, t, pos_c, neg_c, float(self.gamma))
         if self.reduction == "none":
             return loss.reshape((batch.B, C - start) + batch.spatial)
         return self.reduce(loss)

@@ -70,6 +70,9 @@ class _RegionLoss(Loss):
     def wants_squared(self) -> bool:
         return bool(self.squared)
 
+    def wants_region(self) -> bool:
+        return True
+
     def counts(self, batch: LossInput) -> dict[str, Tensor]:
         """``tp, sp, st`` (and ``sp2, st2``) for the included classes, summed over the batch if ``batch``."""
         stats = batch.region_stats(self.squared, self.soft_label)
