@@ -117,7 +117,7 @@ def _section(cls, table: dict | None, where: str, **overrides):
     unknown = sorted(set(table) - known)
     if unknown:
         raise ValueError(f"[{where}] unknown key(s) {unknown}; known: {sorted(known)}")
-    for key in ("target_spacing", "clip_percentiles", "patch_size"):
+    for key in ("target_spacing", "clip_percentiles", "patch_size", "channels"):
         if key in table and table[key] is not None:
             table[key] = tuple(table[key])
     table.update({k: v for k, v in overrides.items() if k not in table})

