@@ -27,7 +27,7 @@ def _cmd_demo(args) -> int:
     config = demo_config(quick=args.quick, seed=args.seed)
     out = Path(args.out or f"runs/{config.name}")
     t0 = time.perf_counter()
-    table = run_experiment(config, out, progress=not args.no_progress)
+    table = run_experiment(config, out, progress=not args.no_progress, resume=args.resume)
     print("\n" + table)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {out}/ "
           f"(summary.md, summary.csv, summary.tex)")
@@ -37,7 +37,7 @@ def _cmd_demo(args) -> int:
 def _cmd_experiment(args) -> int:
     from .experiment import load_config, run_experiment
     config = load_config(args.config)
-    table = run_experiment(config, args.out, progress=not args.no_progress,
+    table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume,
                            only_losses=args.losses.split(",") if args.losses else None)
     print("\n" + table)
     return 0
@@ -79,12 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/demo or runs/demo_quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue interrupted runs (default) or restart them (--no-resume)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("experiment", help="run every (loss, fold) of a TOML config")
     p.add_argument("config", help="the experiment's TOML file (see configs/)")
     p.add_argument("--out", help="output folder (default: [experiment] output, else runs/<name>)")
     p.add_argument("--losses", help="comma-separated subset of the config's loss names")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue an interrupted (loss, fold) from its last.pt (default); --no-resume "
+                        "restarts it from scratch. Finished runs (metrics.json) are never run again.")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_experiment)
 

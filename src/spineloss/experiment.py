@@ -212,7 +212,8 @@ def resolve_data(config: ExperimentConfig, out_dir: Path) -> Path:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
-                   progress: bool = True, only_losses: Sequence[str] | None = None) -> str:
+                   progress: bool = True, only_losses: Sequence[str] | None = None,
+                   resume: bool = True) -> str:
     """Run every (loss, fold) not yet finished, then write and return the summary table."""
     from .data.layout import check_dataset
     from .data.loader import prepare_cases
@@ -248,7 +249,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             train_fold(train_cases, [prepared[i] for i in val_ids], spec.build(train_cases[0].spacing),
                        num_classes, run_dir, model_config=config.model, train_config=config.training,
                        augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
-                       label_names=label_names, progress=progress)
+                       label_names=label_names, progress=progress, resume=resume)
             model, _ = load_checkpoint(run_dir / "model.pt")
             metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
                                      labels=sorted(k for k in label_names if k > 0))
