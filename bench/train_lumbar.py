@@ -73,7 +73,7 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
         f"budget {minutes:g} min | config {config_path or f'configs/lumbar_{label_mode}.toml'}")
     say(f"# prepared {len(prepared)} cases in {cache_s:.1f} s; grid {prepared[val_cases[0].case_id].image.shape[1:]} "
         f"at {config.preprocess.target_spacing} mm; patch {dataset.patch_size}; batch {train_cfg.batch_size}; "
-        f"UNet depth {config.model.depth} base {config.model.base_channels} ({n_par / 1e6:.2f} M params); "
+        f"UNet widths {trainer.model.widths} ({n_par / 1e6:.2f} M params); "
         f"loss {config.losses[0].name}; amp {trainer.amp_dtype}; workers {train_cfg.num_workers}")
 
     def predict(case) -> np.ndarray:
