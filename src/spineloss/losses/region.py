@@ -100,14 +100,8 @@ class _RegionLoss(Loss):
         return num / den.clamp_min(_TINY)
 
 
-class DiceLoss(_RegionLoss):
-    """Soft Dice loss (Milletari et al. 2016, V-Net): ``1 - (2 TP + s_nr) / (sum p + sum t + s_dr)``.
-
-    ``squared_pred=True`` uses ``sum p^2 + sum t^2`` in the denominator. Same value as MONAI's ``DiceLoss``
-    with ``softmax=True, to_onehot_y=True`` (or ``sigmoid=True`` for C = 1).
-    """
-
-    name = "dice"
+class _OverlapLoss(_RegionLoss):
+    """Dice and IoU: the region losses with MONAI's ``squared_pred`` option."""
 
     def __init__(self, include_background: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None, soft_label: bool = False,
@@ -116,12 +110,26 @@ class DiceLoss(_RegionLoss):
                          activation)
         self.squared = check_bool("squared_pred", squared_pred, self._owner())
 
+    def _sums(self, c: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(sum p, sum t)``, or the sums of squares with ``squared_pred``."""
+        return (c["sp2"], c["st2"]) if self.squared else (c["sp"], c["st"])
+
+
+class DiceLoss(_OverlapLoss):
+    """Soft Dice loss (Milletari et al. 2016, V-Net): ``1 - (2 TP + s_nr) / (sum p + sum t + s_dr)``.
+
+    ``squared_pred=True`` uses ``sum p^2 + sum t^2`` in the denominator. Same value as MONAI's ``DiceLoss``
+    with ``softmax=True, to_onehot_y=True`` (or ``sigmoid=True`` for C = 1).
+    """
+
+    name = "dice"
+
     def score(self, c: dict[str, Tensor]) -> Tensor:
-        sp, st = (c["sp2"], c["st2"]) if self.squared else (c["sp"], c["st"])
+        sp, st = self._sums(c)
         return 1.0 - self._ratio(2.0 * c["tp"] + self.smooth_nr, sp + st + self.smooth_dr)
 
 
-class IoULoss(_RegionLoss):
+class IoULoss(_OverlapLoss):
     """Soft Jaccard (IoU) loss: ``1 - (2 TP + s_nr) / (2 (sum p + sum t - TP) + s_dr)``.
 
     Written with the factor 2 of MONAI's ``DiceLoss(jaccard=True)`` so the smoothing terms act the same way
@@ -131,15 +139,8 @@ class IoULoss(_RegionLoss):
 
     name = "iou"
 
-    def __init__(self, include_background: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
-                 smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None, soft_label: bool = False,
-                 reduction: str = "mean", activation: str | None = None) -> None:
-        super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
-        self.squared = check_bool("squared_pred", squared_pred, self._owner())
-
     def score(self, c: dict[str, Tensor]) -> Tensor:
-        sp, st = (c["sp2"], c["st2"]) if self.squared else (c["sp"], c["st"])
+        sp, st = self._sums(c)
         tp = c["tp"]
         return 1.0 - self._ratio(2.0 * tp + self.smooth_nr, 2.0 * (sp + st - tp) + self.smooth_dr)
 
