@@ -46,3 +46,12 @@ def test_bf16_autocast_forward_backward():
         y = m(x)
     y.float().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_stem_stride_two_keeps_full_resolution_output():
+    m = UNet3D(1, 6, channels=(8, 16, 32), stem_stride=2)
+    assert m.divisor == 8
+    out = m(torch.randn(1, 1, 16, 24, 8))
+    assert out.shape == (1, 6, 16, 24, 8)
+    with pytest.raises(ValueError, match="stem_stride"):
+        UNet3D(1, 2, stem_stride=3)

@@ -47,14 +47,19 @@ class UNet3D(nn.Module):
         base_channels: features at the first level; doubled per level.
         max_channels: cap on the features of the deepest levels.
         channels: explicit features per level (overrides ``depth``, ``base_channels`` and
-            ``max_channels``), e.g. ``(4, 16, 32, 64, 128)``: a thin full-resolution level makes the
-            network much cheaper on a CPU while keeping full-resolution skip connections.
+            ``max_channels``), e.g. ``(4, 16, 32, 64, 128)``.
+        stem_stride: 1 (the classic U-Net, first level at full resolution) or 2: the first block is
+            a stride-2 convolution and the logits come from a stride-2 transposed convolution, so every
+            level works at half resolution or coarser (as in MONAI's ``UNet``); about 4x cheaper per
+            level on a CPU, with the network's output still at full resolution.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, depth: int = 4,
                  base_channels: int = 16, max_channels: int = 256,
-                 channels: Sequence[int] | None = None) -> None:
+                 channels: Sequence[int] | None = None, stem_stride: int = 1) -> None:
         super().__init__()
+        if stem_stride not in (1, 2):
+            raise ValueError(f"UNet3D stem_stride must be 1 or 2, got {stem_stride}")
         if channels is not None:
             channels = [int(c) for c in channels]
             if len(channels) < 2 or min(channels) < 1:
@@ -68,10 +73,11 @@ class UNet3D(nn.Module):
         widths = channels or [min(base_channels * 2 ** i, max_channels) for i in range(depth)]
         self.depth = depth
         self.widths = widths
+        self.stem_stride = stem_stride
         self.encoder = nn.ModuleList()
         prev = in_channels
         for level, width in enumerate(widths):
-            self.encoder.append(_ConvBlock(prev, width, stride=1 if level == 0 else 2))
+            self.encoder.append(_ConvBlock(prev, width, stride=stem_stride if level == 0 else 2))
             prev = width
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -79,13 +85,14 @@ class UNet3D(nn.Module):
             self.upsample.append(nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2,
                                                     bias=False))
             self.decoder.append(_ConvBlock(2 * widths[level], widths[level]))
-        self.head = nn.Conv3d(widths[0], out_channels, 1)
+        self.head = (nn.Conv3d(widths[0], out_channels, 1) if stem_stride == 1 else
+                     nn.ConvTranspose3d(widths[0], out_channels, 2, stride=2))
         self.reset_parameters()
 
     @property
     def divisor(self) -> int:
         """Every spatial size of the input must be a multiple of this."""
-        return 2 ** (self.depth - 1)
+        return 2 ** (self.depth - 1) * self.stem_stride
 
     def reset_parameters(self) -> None:
         """Kaiming-normal init for LeakyReLU (He et al. 2015), zero biases, unit norm scales."""
@@ -116,7 +123,8 @@ class UNet3D(nn.Module):
 
 
 def build_model(in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 16,
-                max_channels: int = 256, channels: Sequence[int] | None = None) -> UNet3D:
+                max_channels: int = 256, channels: Sequence[int] | None = None,
+                stem_stride: int = 1) -> UNet3D:
     """Factory used by training and prediction (the arguments are stored in checkpoints)."""
     return UNet3D(in_channels, out_channels, depth=depth, base_channels=base_channels,
-                  max_channels=max_channels, channels=channels)
+                  max_channels=max_channels, channels=channels, stem_stride=stem_stride)

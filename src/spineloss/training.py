@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,6 +50,7 @@ class ModelConfig:
     base_channels: int = 16
     max_channels: int = 256
     channels: tuple[int, ...] | None = None
+    stem_stride: int = 1
 
 
 @dataclass(frozen=True)
