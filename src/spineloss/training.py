@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import torch
 
 from .data.augment import AugmentConfig, mixup
 from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
-from .data.preprocess import PreprocessConfig, pad_to_multiple, restore_to_original
+from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
 from .model import build_model
 
 __all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "resolve_device", "resolve_amp", "train_fold",
@@ -192,7 +193,7 @@ def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: 
     values = []
     for case in cases:
         logits, pad = predict_logits(model, case.image, device)
-        logits = logits[:, : logits.shape[1] - pad[0], : logits.shape[2] - pad[1], : logits.shape[3] - pad[2]]
+        logits = crop_padding(logits, pad)
         pred = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
         values.append(_hard_dice(pred, torch.from_numpy(case.label.astype(np.int64)), num_classes))
     return float(np.mean(values))
@@ -401,13 +402,12 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_HISTORY_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row[k] for k in _HISTORY_FIELDS})
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in _HISTORY_FIELDS})
+    _atomic_write_text(path, buf.getvalue())
 
 
 def _progress(iterable, enabled: bool, desc: str):
