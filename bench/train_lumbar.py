@@ -62,8 +62,9 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
                                                     cache_dir=REPO / "runs" / "cache")}
     cache_s = time.perf_counter() - t0
     loss_fn = config.losses[0].build(prepared[train_cases[0].case_id].spacing)
-    trainer = Trainer(1, num_classes, loss_fn, config.model, train_cfg, config.augment)
-    dataset = PatchDataset([prepared[c.case_id] for c in train_cases], train_cfg.patch_size,
+    train_prepared = [prepared[c.case_id] for c in train_cases]
+    trainer = Trainer(1, num_classes, loss_fn, config.model, train_cfg, config.augment, train_prepared)
+    dataset = PatchDataset(train_prepared, train_cfg.patch_size,
                            trainer.model.divisor, config.augment, seed, num_classes,
                            distance_maps=trainer.needs_dist, foreground_oversample=train_cfg.foreground_oversample)
     loader, sampler = make_train_loader(dataset, train_cfg.batch_size, train_cfg.iterations_per_epoch,

@@ -251,8 +251,11 @@ class Trainer:
     """
 
     def __init__(self, in_channels: int, num_classes: int, loss_fn, model_config: ModelConfig,
-                 train_config: TrainConfig, augment: AugmentConfig) -> None:
+                 train_config: TrainConfig, augment: AugmentConfig,
+                 train_cases: Sequence[PreparedCase] | None = None) -> None:
         self.config, self.augment, self.loss_fn = train_config, augment, loss_fn
+        if train_cases is not None and hasattr(loss_fn, "prepare"):  # e.g. inverse-frequency CE weights
+            loss_fn.prepare(class_voxel_counts(train_cases, max(num_classes, 2)))
         self.num_classes = num_classes
         self.device = resolve_device(train_config.device)
         self.amp_dtype = resolve_amp(train_config.amp, self.device)
@@ -334,11 +337,9 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
         torch.set_num_threads(int(cfg.threads))
     in_channels = int(train_cases[0].image.shape[0])
 
-    trainer = Trainer(in_channels, num_classes, loss_fn, model_config, cfg, augment)
+    trainer = Trainer(in_channels, num_classes, loss_fn, model_config, cfg, augment, train_cases)
     model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
     model_args = trainer.model_args
-    if hasattr(loss_fn, "prepare"):
-        loss_fn.prepare(class_voxel_counts(train_cases, max(num_classes, 2)))
     needs_dist = trainer.needs_dist
 
     history: list[dict] = []
