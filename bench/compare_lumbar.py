@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lumbar_common as lc  # noqa: E402
 
 
-def _plot(curves: dict, path: Path) -> None:
+def _plot(curves: dict, path: Path, targets: dict | None = None) -> None:
+    """One panel per label mode; ``targets`` maps a mode to dashed horizontal lines ``{label: y}``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -32,6 +33,9 @@ def _plot(curves: dict, path: Path) -> None:
                 continue
             key = "multiclass_dice" if mode == "multiclass" else "binary_dice"
             ax.plot([r.train_seconds / 60 for r in log.rows], [getattr(r, key) for r in log.rows], "o-", label=name)
+        for label, y in (targets or {}).get(mode, {}).items():
+            ax.axhline(y, ls="--", lw=0.8, color="gray")
+            ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
         ax.set_xlabel("training time (min, 2 CPU cores)")
         ax.set_ylabel("L1-L5 mean Dice" if mode == "multiclass" else "vertebral-body Dice (binary)")
         ax.set_title(f"lumbar, {mode}, evaluated at 1 mm")

@@ -316,6 +316,9 @@ def evaluate(predict_fn: Callable[[Case], np.ndarray], val_cases: Sequence[Case]
 def format_evaluation(result: dict[str, Any], names: Sequence[str] | None = None, prefix: str = "# ") -> str:
     """Printable lines: per-label Dice, neighbour confusion and the row-normalised confusion matrix."""
     lines = [f"{prefix}binary_dice {result['binary_dice']:.4f}  multiclass_dice {_fmt(result['multiclass_dice'])}"]
+    if result.get("per_case"):
+        lines.append(prefix + "per-case binary Dice: " + "  ".join(
+            f"{r['case']} {r['binary_dice']:.3f}" for r in result["per_case"]))
     if result.get("per_label_dice"):
         nm = list(names) if names else [f"L{c}" for c in range(len(result["confusion"]))]
         lines.append(prefix + "per-label Dice: " + "  ".join(
@@ -438,6 +441,18 @@ class CurveLog:
                 os.unlink(tmp)
             raise
         return path
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, name: str = "", label_mode: str = "multiclass") -> "CurveLog":
+        """Read a curve written by :meth:`to_csv` (for plots of earlier runs)."""
+        log = cls(name=name, label_mode=label_mode, stream=None)
+        with open(path, newline="") as f:
+            for rec in csv.DictReader(f):
+                missing = [c for c in _COLUMNS if c not in rec]
+                if missing:
+                    raise ValueError(f"{path}: not a curve CSV (missing columns {missing})")
+                log.add(**{c: float(rec[c]) for c in _COLUMNS})
+        return log
 
     def summary_line(self, minutes: float) -> str:
         """``binary_dice=X multiclass_dice=Y steps=N minutes=M`` from the LAST evaluation (4 decimals)."""

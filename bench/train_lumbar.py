@@ -75,11 +75,12 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
     say(f"# prepared {len(prepared)} cases in {cache_s:.1f} s; grid {prepared[val_cases[0].case_id].image.shape[1:]} "
         f"at {config.preprocess.target_spacing} mm; patch {dataset.patch_size}; batch {train_cfg.batch_size}; "
         f"UNet widths {trainer.model.widths} ({n_par / 1e6:.2f} M params); "
-        f"loss {config.losses[0].name}; amp {trainer.amp_dtype}; workers {train_cfg.num_workers}")
+        f"loss {config.losses[0].name}; amp {trainer.amp_dtype}; workers {train_cfg.num_workers}; "
+        f"bottleneck blocks {trainer.model_args.get('bottleneck_blocks', 0)}; augment {config.augment}")
 
     def predict(case) -> np.ndarray:
         p = prepared[case.case_id]
-        logits, pad = predict_logits(trainer.model, p.image, trainer.device)
+        logits, pad = predict_logits(trainer.model, p.image, trainer.device, config.augment.mirror_axes)
         return restore_to_original(logits, dataclasses.replace(p.geometry, pad=pad))
 
     log = lc.CurveLog(name="spineloss", label_mode=label_mode, stream=stream)
@@ -129,7 +130,7 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
         f"cache {cache_s:.0f} s")
     if save_model:
         meta = checkpoint_meta(trainer.model_args, config.preprocess, label_mode,
-                               info.label_names(label_mode), dataset.patch_size)
+                               info.label_names(label_mode), dataset.patch_size, config.augment.mirror_axes)
         atomic_save({**meta, "model_state": trainer.model.state_dict(), "epoch": epoch,
                      "val_dice": log.last.binary_dice if label_mode == "binary" else log.last.multiclass_dice},
                     save_model)

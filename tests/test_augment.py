@@ -70,7 +70,91 @@ def test_one_hot_binary_and_multiclass():
     assert one_hot(lab, 1).sum() == 2
 
 
-@pytest.mark.parametrize("bad", [dict(p_affine=1.5), dict(noise_std=-1), dict(scale=1.0), dict(mixup_alpha=0)])
+@pytest.mark.parametrize("bad", [dict(p_affine=1.5), dict(noise_std=-1), dict(scale=1.0), dict(mixup_alpha=0),
+                                 dict(affine_padding="wrap")])
 def test_invalid_config(bad):
     with pytest.raises(ValueError):
+        AugmentConfig(**bad)
+
+
+def test_mirroring_flips_image_and_label_together_on_the_chosen_axes_only():
+    img, lab = _blob()
+    lab[:, :, 12:14] = 2  # not symmetric along axis 2
+    img = img + np.arange(16, dtype=np.float32)
+    cfg = AugmentConfig(p_affine=0.0, p_noise=0.0, mirror_axes=(2,))
+    seen = set()
+    for seed in range(12):
+        out_img, out_lab = augment_sample(img, lab, np.random.default_rng(seed), cfg)
+        flipped = np.array_equal(out_lab, lab[:, :, ::-1])
+        assert flipped or np.array_equal(out_lab, lab)
+        np.testing.assert_array_equal(out_img, img[:, :, :, ::-1] if flipped else img)
+        assert out_img.flags.c_contiguous and out_lab.flags.c_contiguous
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_mirroring_off_keeps_the_random_stream():
+    img, lab = _blob()
+    a = augment_sample(img, lab, np.random.default_rng(5), AugmentConfig(p_affine=1.0, p_noise=1.0))
+    b = augment_sample(img, lab, np.random.default_rng(5), AugmentConfig(p_affine=1.0, p_noise=1.0, mirror_axes=()))
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("axes", [(3,), (1, 1), (-1,)])
+def test_invalid_mirror_axes(axes):
+    with pytest.raises(ValueError, match="mirror_axes"):
+        AugmentConfig(mirror_axes=axes)
+
+
+def test_reflection_padding_shows_mirrored_anatomy_and_background_labels():
+    lab = np.zeros((24, 8, 8), np.uint8)
+    lab[2:6] = 1  # a structure at the top edge
+    img = (np.arange(24, dtype=np.float32)[:, None, None] * np.ones((1, 8, 8), np.float32))[None] + 1.0
+    outs = {}
+    for padding in ("minimum", "reflection"):
+        cfg = AugmentConfig(p_affine=1.0, rotation=0.0, scale=0.0, translation=0.25, affine_padding=padding)
+        for seed in range(40):  # find a draw that shifts the content toward the feet (down axis 0)
+            out_img, out_lab = random_affine(img, lab, np.random.default_rng(seed), cfg)
+            if out_lab[:3].sum() == 0 and out_lab.sum() > 0:
+                outs[padding] = out_img[0], out_lab
+                break
+    low_img, _ = outs["minimum"]
+    refl_img, refl_lab = outs["reflection"]
+    top = int(np.argmax(refl_lab.any((1, 2))))  # the structure's first row after the shift
+    assert top >= 3
+    assert np.allclose(low_img[0], img.min())  # a blank band above the shifted image...
+    assert refl_img[0].mean() > img.min() + 1.0  # ...or the image mirrored at its edge
+    assert (refl_lab[:top] == 0).all()  # mirrored anatomy is background
+
+
+def test_gamma_keeps_mean_std_and_order_and_changes_contrast():
+    from spineloss.data.augment import adjust_gamma
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+    out = adjust_gamma(img, 1.5)
+    np.testing.assert_allclose(out.mean((1, 2, 3)), img.mean((1, 2, 3)), atol=1e-5)
+    np.testing.assert_allclose(out.std((1, 2, 3)), img.std((1, 2, 3)), rtol=1e-4)
+    flat_in, flat_out = img[0].ravel(), out[0].ravel()
+    assert (np.argsort(flat_in, kind="stable") == np.argsort(flat_out, kind="stable")).all()  # monotone
+    assert np.abs(out - img).max() > 0.05
+    np.testing.assert_allclose(adjust_gamma(img, 1.0), img, atol=1e-5)
+    const = np.ones((1, 3, 3, 3), np.float32)
+    np.testing.assert_array_equal(adjust_gamma(const, 2.0), const)
+
+
+def test_isotropic_scaling_keeps_proportions():
+    lab = np.zeros((32, 32, 32), np.uint8)
+    lab[8:24, 12:20, 12:20] = 1  # 16 x 8 x 8
+    img = lab[None].astype(np.float32)
+    cfg = AugmentConfig(p_affine=1.0, rotation=0.0, scale=0.3, translation=0.0, scale_isotropic=True)
+    for seed in range(5):
+        _, out = random_affine(img, lab, np.random.default_rng(seed), cfg)
+        ext = [int(np.ptp(np.nonzero(out)[a])) + 1 for a in range(3)]
+        assert abs(ext[0] / ext[1] - 2.0) < 0.35 and abs(ext[1] - ext[2]) <= 1
+
+
+@pytest.mark.parametrize("bad", [dict(gamma_range=(0.0, 1.0)), dict(gamma_range=(1.5, 0.7)), dict(p_gamma=1.2)])
+def test_invalid_gamma(bad):
+    with pytest.raises(ValueError, match="gamma"):
         AugmentConfig(**bad)

@@ -52,3 +52,44 @@ def test_evaluate_binary_and_multiclass(tmp_path):
     assert res["neighbour_confusion"][1] == 1.0
     binary = lc.evaluate(lambda c: (ref > 0).astype(np.uint8), [case], "binary")
     assert binary["binary_dice"] == 1.0 and np.isnan(binary["multiclass_dice"])
+
+
+def test_curve_csv_round_trip_and_plot_spec(tmp_path):
+    import pytest
+
+    log = lc.CurveLog(name="x", label_mode="binary", stream=None)
+    log.add(60.0, 65.0, 300, 0.3, 0.8, float("nan"), 0.2, 4.0)
+    log.add(120.0, 130.0, 610, 0.2, 0.83, float("nan"), 0.19, 4.5)
+    back = lc.CurveLog.from_csv(log.to_csv(tmp_path / "c.csv"), "x", "binary")
+    assert [r.steps for r in back.rows] == [300, 610] and back.best().binary_dice == 0.83
+    assert np.isnan(back.last.multiclass_dice)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a curve CSV"):
+        lc.CurveLog.from_csv(tmp_path / "bad.csv")
+    from plot_curves import parse_curve
+    assert parse_curve("peer 4 min=runs/a.csv:binary") == ("peer 4 min", Path("runs/a.csv"), "binary")
+    with pytest.raises(ValueError, match="LABEL=CSV:MODE"):
+        parse_curve("runs/a.csv")
+
+
+def test_level_positions_in_mm():
+    from lumbar_levels import level_positions
+
+    ref = np.zeros((40, 4, 4), np.uint8)
+    ref[5:10] = 1
+    ref[30:36] = 5
+    pos = level_positions(ref, (2.0, 1.0, 1.0))
+    assert pos == {"l1_top_mm": 10.0, "l5_bottom_mm": 72.0, "length_mm": 62.0, "fov_mm": 80.0}
+    import pytest
+    with pytest.raises(ValueError, match="L1"):
+        level_positions(np.zeros((4, 4, 4), np.uint8), (1, 1, 1))
+
+
+def test_plot_reference_line_spec():
+    import pytest
+    from plot_curves import parse_line
+
+    assert parse_line("multiclass:0.68:peer peak (issue)") == ("multiclass", 0.68, "peer peak (issue)")
+    for bad in ("binary:x:label", "both:0.5:label", "binary:0.5"):
+        with pytest.raises(ValueError, match="MODE:Y:LABEL"):
+            parse_line(bad)

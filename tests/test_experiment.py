@@ -59,3 +59,19 @@ def test_load_config_errors(tmp_path):
     wrong.write_text('[experiment]\nname = "x"\n[data]\npath = "d"\n[training]\nlr = -1\n')
     with pytest.raises(ValueError, match=r"wrong.toml: training.lr must be > 0"):
         load_config(wrong)
+
+
+def test_readme_config_example_is_a_valid_config():
+    """The TOML block under 'Config format' in the README parses into an ExperimentConfig."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from spineloss.experiment import config_from_dict
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Config format"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    config = config_from_dict(tomllib.loads(block))
+    assert config.model.bottleneck_blocks == 0 and config.augment.affine_padding == "minimum"
+    assert config.losses and config.training.patch_size == (112, 112, 48)

@@ -55,3 +55,26 @@ def test_stem_stride_two_keeps_full_resolution_output():
     assert out.shape == (1, 6, 16, 24, 8)
     with pytest.raises(ValueError, match="stem_stride"):
         UNet3D(1, 2, stem_stride=3)
+
+
+def test_bottleneck_blocks_widen_the_receptive_field():
+    """The extra bottleneck blocks let an output voxel see farther input voxels."""
+    torch.manual_seed(0)
+    plain = UNet3D(1, 2, channels=(4, 8), stem_stride=2)
+    torch.manual_seed(0)
+    deep = UNet3D(1, 2, channels=(4, 8), stem_stride=2, bottleneck_blocks=2)
+    assert len(deep.bottleneck) == 2 and len(plain.bottleneck) == 0
+    reach = {}
+    for name, m in (("plain", plain), ("deep", deep)):
+        for block in list(m.encoder) + list(m.decoder) + list(m.bottleneck):  # instance norm couples
+            for i, layer in enumerate(block):                                 # all voxels: take it out
+                if isinstance(layer, torch.nn.InstanceNorm3d):
+                    block[i] = torch.nn.Identity()
+        x = torch.zeros(1, 1, 96, 4, 4, requires_grad=True)
+        m(x)[0, 1, 0].sum().backward()
+        reach[name] = int((x.grad[0, 0].abs().sum((1, 2)) > 0).nonzero().max())
+    # receptive field of (4, 8) with a stride-2 stem: 27 voxels; two blocks at stride 4 add 4 * 2 * 4
+    assert reach["plain"] < 24 <= reach["deep"]
+    assert deep(torch.randn(1, 1, 16, 8, 8)).shape == (1, 2, 16, 8, 8)
+    with pytest.raises(ValueError, match="bottleneck_blocks"):
+        UNet3D(1, 2, bottleneck_blocks=-1)

@@ -39,7 +39,27 @@ def test_resampling_shapes_and_spacing():
     out, olab, geo = preprocess_case(img, lab, affine, PreprocessConfig(target_spacing=(1.0, 1.0, 1.5)))
     assert out.shape == (1, 20, 30, 20) and olab.shape == (20, 30, 20)
     assert geo.resampled_spacing == pytest.approx((1.0, 1.0, 1.5))
-    assert set(np.unique(olab)) == {0, 2}  # nearest neighbour keeps label values
+    assert set(np.unique(olab)) == {0, 2}  # no interpolated label values
+
+
+def test_label_resampling_keeps_the_label_centred_on_the_image_grid():
+    """Halving the grid: a ball's centre of mass stays put (nearest neighbour moved it half a voxel)."""
+    from spineloss.data.preprocess import resample_label
+
+    idx = np.indices((41, 37, 30)).astype(np.float64)
+    ball = ((idx[0] - 20.0) ** 2 + (idx[1] - 17.0) ** 2 + (idx[2] - 14.0) ** 2) <= 8.0 ** 2
+    lab = ball.astype(np.uint8) * 3
+    lab[:, :, :3] = 1  # a second label at the border
+    small = resample_label(lab, (20, 18, 15))
+    assert set(np.unique(small)) == {0, 1, 3}
+
+    def centre_mm(mask, spacing):  # voxel centres at (i + 0.5) * spacing
+        return np.array([(np.nonzero(mask)[a].mean() + 0.5) * spacing[a] for a in range(3)])
+
+    fine = centre_mm(lab == 3, (1.0, 1.0, 1.0))
+    coarse = centre_mm(small == 3, (41 / 20, 37 / 18, 2.0))
+    assert np.abs(fine - coarse).max() < 0.2
+    assert abs((small == 3).sum() * (41 / 20) * (37 / 18) * 2.0 / (lab == 3).sum() - 1) < 0.06
 
 
 def test_padding_roundtrip():

@@ -151,3 +151,36 @@ def test_amp_resolution():
     assert resolve_amp("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")
+
+
+def test_test_time_mirroring_averages_flipped_passes():
+    from spineloss.model import UNet3D
+    from spineloss.training import predict_logits
+
+    torch.manual_seed(0)
+    model = UNet3D(1, 3, depth=2, base_channels=4).eval()
+    image = np.random.default_rng(0).normal(size=(1, 8, 6, 5)).astype(np.float32)
+    plain, pad = predict_logits(model, image)
+    assert pad == (0, 0, 1)
+    mirrored, _ = predict_logits(model, image, mirror_axes=(2,))
+    x = torch.from_numpy(np.pad(image, [(0, 0), (0, 0), (0, 0), (0, 1)], constant_values=image.min()))[None]
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(4)).flip(4))[0] / 2
+    torch.testing.assert_close(mirrored, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, mirrored)
+    two, _ = predict_logits(model, image, mirror_axes=(0, 2))
+    assert two.shape == plain.shape
+    with pytest.raises(ValueError, match="mirror_axes"):
+        predict_logits(model, image, mirror_axes=(3,))
+
+
+def test_checkpoint_asks_for_the_trained_mirror_axes(tmp_path):
+    from spineloss.training import checkpoint_mirror_axes
+
+    cases = _cases()
+    cfg = TrainConfig(epochs=1, iterations_per_epoch=1, batch_size=2, seed=0)
+    train_fold(cases[:2], cases[2:], SoftCE(), 3, tmp_path, train_config=cfg,
+               model_config=CFG["model_config"], augment=AugmentConfig(mirror_axes=(2,)), progress=False)
+    _, ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt["inference"]["mirror_axes"] == [2] and checkpoint_mirror_axes(ckpt) == (2,)
+    assert checkpoint_mirror_axes({"model": {}}) == ()  # checkpoints written before the entry

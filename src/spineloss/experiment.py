@@ -28,7 +28,8 @@ import numpy as np
 
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
-from .training import ModelConfig, TrainConfig, evaluate_cases, load_checkpoint, train_fold, write_json
+from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, evaluate_cases, load_checkpoint, train_fold,
+                       write_json)
 
 __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
 
@@ -250,9 +251,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                        num_classes, run_dir, model_config=config.model, train_config=config.training,
                        augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
                        label_names=label_names, progress=progress, resume=resume)
-            model, _ = load_checkpoint(run_dir / "model.pt")
+            model, ckpt = load_checkpoint(run_dir / "model.pt")
             metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
-                                     labels=sorted(k for k in label_names if k > 0))
+                                     labels=sorted(k for k in label_names if k > 0),
+                                     mirror_axes=checkpoint_mirror_axes(ckpt))
             metrics["train_seconds"] = time.perf_counter() - t
             write_json(run_dir / "metrics.json", metrics)
             mean = metrics["mean"].get("mean", {})

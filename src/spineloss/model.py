@@ -52,12 +52,19 @@ class UNet3D(nn.Module):
             a stride-2 convolution and the logits come from a stride-2 transposed convolution, so every
             level works at half resolution or coarser (as in MONAI's ``UNet``); about 4x cheaper per
             level on a CPU, with the network's output still at full resolution.
+        bottleneck_blocks: extra blocks (two 3x3x3 convolutions each) at the deepest level. Each
+            widens the receptive field by ``4 * 2 ** (depth - 1) * stem_stride`` input voxels per axis
+            for a few voxels' work at the coarsest grid: the context that tells neighbouring,
+            look-alike structures apart (L1 from T12 and from L2, counted from the sacrum).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, depth: int = 4,
                  base_channels: int = 16, max_channels: int = 256,
-                 channels: Sequence[int] | None = None, stem_stride: int = 1) -> None:
+                 channels: Sequence[int] | None = None, stem_stride: int = 1,
+                 bottleneck_blocks: int = 0) -> None:
         super().__init__()
+        if bottleneck_blocks < 0:
+            raise ValueError(f"UNet3D bottleneck_blocks must be >= 0, got {bottleneck_blocks}")
         if stem_stride not in (1, 2):
             raise ValueError(f"UNet3D stem_stride must be 1 or 2, got {stem_stride}")
         if channels is not None:
@@ -79,6 +86,7 @@ class UNet3D(nn.Module):
         for level, width in enumerate(widths):
             self.encoder.append(_ConvBlock(prev, width, stride=stem_stride if level == 0 else 2))
             prev = width
+        self.bottleneck = nn.Sequential(*[_ConvBlock(prev, prev) for _ in range(bottleneck_blocks)])
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in range(depth - 2, -1, -1):
@@ -116,7 +124,7 @@ class UNet3D(nn.Module):
         for block in self.encoder:
             x = block(x)
             skips.append(x)
-        x = skips.pop()
+        x = self.bottleneck(skips.pop())
         for up, block in zip(self.upsample, self.decoder):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)
@@ -124,7 +132,8 @@ class UNet3D(nn.Module):
 
 def build_model(in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 16,
                 max_channels: int = 256, channels: Sequence[int] | None = None,
-                stem_stride: int = 1) -> UNet3D:
+                stem_stride: int = 1, bottleneck_blocks: int = 0) -> UNet3D:
     """Factory used by training and prediction (the arguments are stored in checkpoints)."""
     return UNet3D(in_channels, out_channels, depth=depth, base_channels=base_channels,
-                  max_channels=max_channels, channels=channels, stem_stride=stem_stride)
+                  max_channels=max_channels, channels=channels, stem_stride=stem_stride,
+                  bottleneck_blocks=bottleneck_blocks)

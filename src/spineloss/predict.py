@@ -1,5 +1,6 @@
-"""Segment an image with a trained model: the preprocessing stored in the checkpoint, fp32 inference,
-the inverse transform to the input's grid, and a label map written with the input's affine."""
+"""Segment an image with a trained model: the preprocessing stored in the checkpoint, fp32 inference
+(mirrored at test time along the axes the checkpoint names), the inverse transform to the input's
+grid, and a label map written with the input's affine."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,14 +17,14 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
     import dataclasses
 
     from .data.preprocess import PreprocessConfig, preprocess_case, restore_to_original
-    from .training import predict_logits
+    from .training import checkpoint_mirror_axes, predict_logits
 
     config = PreprocessConfig.from_dict(checkpoint["preprocess"])
     expected = checkpoint["model"]["in_channels"]
     if image.shape[0] != expected:
         raise ValueError(f"the model expects {expected} image channel(s), got {image.shape[0]}")
     prepared, _, geometry = preprocess_case(image, None, affine, config)
-    logits, pad = predict_logits(model, prepared, device)
+    logits, pad = predict_logits(model, prepared, device, checkpoint_mirror_axes(checkpoint))
     return restore_to_original(logits, dataclasses.replace(geometry, pad=pad))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
@@ -37,8 +38,8 @@ from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_tr
 from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
 from .model import build_model
 
-__all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "resolve_device", "resolve_amp", "train_fold",
-           "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
+__all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "checkpoint_mirror_axes", "resolve_device",
+           "resolve_amp", "train_fold", "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
 
 log = logging.getLogger("spineloss.training")
 
@@ -52,6 +53,7 @@ class ModelConfig:
     max_channels: int = 256
     channels: tuple[int, ...] | None = None
     stem_stride: int = 1
+    bottleneck_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,16 +168,31 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.device | str = "cpu"
-                   ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """fp32 whole-volume inference: pad to the network divisor, return ``(logits C x d' x h' x w', pad)``."""
+def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
+                   mirror_axes: Sequence[int] = ()) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """fp32 whole-volume inference: pad to the network divisor, return ``(logits C x d' x h' x w', pad)``.
+
+    ``mirror_axes`` (spatial axes 0..2) turns on test-time mirroring as in nnU-Net (Isensee et al.
+    2021): the logits are averaged over every combination of flips of these axes (``2 ** len``
+    forward passes), each flipped back before averaging.
+    """
+    axes = sorted({int(a) for a in mirror_axes})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror_axes are spatial axes 0, 1, 2; got {tuple(mirror_axes)}")
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     low = float(x.amin())
     x, pad = pad_to_multiple(x, model.divisor, value=low)
-    x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
+    x = x.to(device)
+    flips = [[a + 2 for a, on in zip(axes, bits) if on] for bits in itertools.product((0, 1), repeat=len(axes))]
+    total = None
     with torch.autocast(device_type=torch.device(device).type, enabled=False):
-        logits = model(x).float().cpu().contiguous()[0]
+        for dims in flips:
+            xi = (x.flip(dims) if dims else x).contiguous(memory_format=torch.channels_last_3d)
+            out = model(xi).float()
+            out = out.flip(dims) if dims else out
+            total = out if total is None else total + out
+    logits = (total / len(flips)).cpu().contiguous()[0]
     return logits, pad
 
 
@@ -189,10 +206,11 @@ def _hard_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> float
     return float(np.mean(scores))
 
 
-def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: int) -> float:
+def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: int,
+                     mirror_axes: Sequence[int] = ()) -> float:
     values = []
     for case in cases:
-        logits, pad = predict_logits(model, case.image, device)
+        logits, pad = predict_logits(model, case.image, device, mirror_axes)
         logits = crop_padding(logits, pad)
         pred = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
         values.append(_hard_dice(pred, torch.from_numpy(case.label.astype(np.int64)), num_classes))
@@ -200,8 +218,10 @@ def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: 
 
 
 def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
-                   labels: Sequence[int] | None = None) -> dict:
+                   labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = ()) -> dict:
     """Predict each case, map it back to the original grid and compare with the original label file.
+
+    ``mirror_axes``: test-time mirroring (:func:`predict_logits`).
 
     Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
     "nan_counts": {label: {metric: cases whose value is NaN}}}``. NaN values are excluded from the
@@ -213,7 +233,7 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
 
     per_case = {}
     for case in cases:
-        logits, pad = predict_logits(model, case.image, device)
+        logits, pad = predict_logits(model, case.image, device, mirror_axes)
         geometry = dataclasses.replace(case.geometry, pad=pad)
         prediction = restore_to_original(logits, geometry)
         if case.source_label is not None:
@@ -305,13 +325,21 @@ class Trainer:
 
 
 def checkpoint_meta(model_args: dict, preprocess: PreprocessConfig | None, label_mode: str,
-                    label_names: dict[int, str] | None, patch_size=None) -> dict:
+                    label_names: dict[int, str] | None, patch_size=None,
+                    mirror_axes: Sequence[int] = ()) -> dict:
     """What a ``model.pt`` carries besides the weights, so :mod:`spineloss.predict` can repeat the
-    preprocessing and rebuild the network."""
+    preprocessing, rebuild the network and mirror at test time along the axes it was trained to
+    be mirror-invariant on (``inference.mirror_axes``)."""
     return {"model": dict(model_args), "preprocess": (preprocess or PreprocessConfig()).to_dict(),
             "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
             "num_classes": int(model_args["out_channels"]),
-            "patch_size": tuple(patch_size) if patch_size is not None else None}
+            "patch_size": tuple(patch_size) if patch_size is not None else None,
+            "inference": {"mirror_axes": [int(a) for a in mirror_axes]}}
+
+
+def checkpoint_mirror_axes(checkpoint: dict) -> tuple[int, ...]:
+    """The test-time mirroring axes a checkpoint asks for (none for checkpoints without the entry)."""
+    return tuple(int(a) for a in (checkpoint.get("inference") or {}).get("mirror_axes", ()))
 
 
 _HISTORY_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "skipped_steps", "seconds"]
@@ -357,7 +385,8 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     dataset = PatchDataset(train_cases, cfg.patch_size, model.divisor, augment, cfg.seed, num_classes,
                            distance_maps=needs_dist, foreground_oversample=cfg.foreground_oversample)
     loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
-    meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size)
+    meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size,
+                           augment.mirror_axes)
     mix_gen = torch.Generator()
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -380,7 +409,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                                 dice="-" if best_epoch < 0 else f"{best_dice:.3f}")
         val_dice = float("nan")
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            val_dice = _validation_dice(model, val_cases, device, num_classes)
+            val_dice = _validation_dice(model, val_cases, device, num_classes, augment.mirror_axes)
             if val_dice > best_dice:
                 best_dice, best_epoch = val_dice, epoch
                 atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,

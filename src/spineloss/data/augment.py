@@ -1,9 +1,10 @@
 """Seeded data augmentation for training samples (never applied to validation data).
 
 Per sample (in the loader's worker processes): a random affine transform (rotation, scaling,
-translation; image trilinear, label nearest neighbour) and additive Gaussian noise. Per batch (in the
-training step): MixUp (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR), which
-blends the batch with one random element of it and turns the targets into soft one-hot maps.
+translation; image trilinear, label nearest neighbour), additive Gaussian noise, mirroring along
+the configured axes and a gamma transform of the intensities. Per batch (in the training step):
+MixUp (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR), which blends the batch
+with one random element of it and turns the targets into soft one-hot maps.
 
 Every random draw comes from a ``numpy.random.Generator`` the caller seeds, so a sample's augmentation
 depends only on ``(seed, epoch, sample index)``: the same seed gives the same training run, whatever
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "random_affine", "add_gaussian_noise", "augment_sample", "mixup",
+__all__ = ["AugmentConfig", "random_affine", "add_gaussian_noise", "augment_sample", "adjust_gamma", "mixup",
            "one_hot"]
 
 
@@ -31,11 +32,28 @@ class AugmentConfig:
         p_affine: probability of a random affine transform.
         rotation: maximum absolute rotation about each axis, in radians.
         scale: maximum relative scaling, e.g. 0.1 draws a factor in [0.9, 1.1] per axis.
+        scale_isotropic: one scaling factor for all three axes (a smaller or larger subject, as
+            nnU-Net draws it) instead of one per axis (which also changes the shape's proportions).
         translation: maximum shift as a fraction of the size of each axis.
+        affine_padding: what the image shows where an affine transform looks outside the field of
+            view: ``"minimum"`` (the channel minimum, like the patch padding) or ``"reflection"`` (the
+            image mirrored at its border; labels there are background). Reflection makes a shift
+            show more anatomy beyond the edge instead of a blank band, so the distance between the
+            field of view's edge and a structure stops being a cue: with the lumbar scans, vertebrae
+            mirrored above T12 teach that the body below the edge need not be L1 (the levels must be
+            counted from the sacrum).
         p_noise: probability of Gaussian noise; its standard deviation is drawn in [0, noise_std]
             (intensities are z-scored, so 0.1 is a tenth of the image's standard deviation).
         p_mixup: probability that a batch is mixed; ``mixup_alpha`` is the Beta(a, a) parameter of
             the mixing weight.
+        p_gamma: probability of a gamma transform of the intensities (nnU-Net's contrast
+            augmentation): per channel, ``x' = lo + (hi - lo) ((x - lo) / (hi - lo)) ** g`` with
+            ``lo, hi`` the channel's range and ``log g ~ U(log gamma_range[0], log gamma_range[1])``,
+            then shifted and scaled back to the channel's mean and standard deviation.
+        mirror_axes: spatial axes (0, 1, 2 of ``D x H x W``) each flipped with probability 1/2, as
+            nnU-Net does (Isensee et al. 2021); only axes along which the anatomy is roughly
+            symmetric (left-right for the spine, never head-feet: the levels are counted from the
+            sacrum). Pair it with the same axes for test-time mirroring.
     """
 
     p_affine: float = 0.5
@@ -46,9 +64,23 @@ class AugmentConfig:
     noise_std: float = 0.1
     p_mixup: float = 0.0
     mixup_alpha: float = 0.4
+    affine_padding: str = "minimum"
+    mirror_axes: tuple[int, ...] = ()
+    scale_isotropic: bool = False
+    p_gamma: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def __post_init__(self) -> None:
-        for name in ("p_affine", "p_noise", "p_mixup"):
+        object.__setattr__(self, "mirror_axes", tuple(int(a) for a in self.mirror_axes))
+        if any(a not in (0, 1, 2) for a in self.mirror_axes) or len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"augment.mirror_axes lists distinct spatial axes among 0, 1, 2; got {self.mirror_axes}")
+        if self.affine_padding not in ("minimum", "reflection"):
+            raise ValueError(f"augment.affine_padding must be 'minimum' or 'reflection'; got {self.affine_padding!r}")
+        lo, hi = (float(g) for g in self.gamma_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"augment.gamma_range must be two numbers 0 < low <= high; got {self.gamma_range}")
+        object.__setattr__(self, "gamma_range", (lo, hi))
+        for name in ("p_affine", "p_noise", "p_mixup", "p_gamma"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
@@ -84,10 +116,13 @@ def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
 
     The transform acts in physical space (voxel sizes ``spacing``) about the volume's centre, so a
     rotation of anisotropic voxels is a true rotation. Image: trilinear interpolation, filled with
-    the channel minimum outside the field of view; label: nearest neighbour, filled with background.
+    the channel minimum (or the mirrored image, ``config.affine_padding``) outside the field of view;
+    label: nearest neighbour, filled with background.
     """
     angles = rng.uniform(-config.rotation, config.rotation, size=3)
     scales = rng.uniform(1 - config.scale, 1 + config.scale, size=3)
+    if config.scale_isotropic:
+        scales = np.full(3, scales[0])
     shift = rng.uniform(-config.translation, config.translation, size=3) * 2.0  # in [-1, 1] units
     shape = np.asarray(image.shape[1:], dtype=np.float64)
     extent = shape * np.asarray(spacing, dtype=np.float64)          # physical size per axis
@@ -103,8 +138,11 @@ def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     size = (1, image.shape[0]) + tuple(image.shape[1:])
     grid = F.affine_grid(theta_t, size, align_corners=False)
     img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    low = img.amin(dim=(2, 3, 4), keepdim=True)
-    img = F.grid_sample(img - low, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + low
+    if config.affine_padding == "reflection":
+        img = F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    else:
+        low = img.amin(dim=(2, 3, 4), keepdim=True)
+        img = F.grid_sample(img - low, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + low
     lab = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))[None, None]
     lab = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return img[0].numpy(), lab[0, 0].numpy().astype(label.dtype)
@@ -130,7 +168,37 @@ def augment_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generato
         image, label = random_affine(image, label, rng, config, spacing)
     if do_noise and config.noise_std > 0:
         image = add_gaussian_noise(image, rng, config.noise_std)
+    if config.mirror_axes:  # drawn last: configurations without mirroring keep their random stream
+        flip = [a for a, u in zip(config.mirror_axes, rng.random(len(config.mirror_axes))) if u < 0.5]
+        if flip:
+            image = np.ascontiguousarray(np.flip(image, axis=[a + 1 for a in flip]))
+            label = np.ascontiguousarray(np.flip(label, axis=flip))
+    if config.p_gamma > 0:
+        do_gamma, u = rng.random(2)
+        if do_gamma < config.p_gamma:
+            lo, hi = np.log(config.gamma_range)
+            image = adjust_gamma(image, float(np.exp(lo + (hi - lo) * u)))
     return image, label
+
+
+def adjust_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma transform of each channel of ``C x D x H x W`` keeping its mean and standard deviation.
+
+    ``x' = lo + (hi - lo) ((x - lo) / (hi - lo)) ** gamma`` on the channel's range ``[lo, hi]``, then
+    ``x'' = (x' - mean') / std' * std + mean``. A constant channel is returned unchanged.
+    """
+    out = np.empty(image.shape, dtype=np.float32)
+    for c in range(image.shape[0]):
+        x = image[c].astype(np.float32, copy=False)
+        lo, hi = float(x.min()), float(x.max())
+        if hi - lo < 1e-8:
+            out[c] = x
+            continue
+        mean, std = float(x.mean()), float(x.std())
+        y = lo + (hi - lo) * np.power((x - lo) / (hi - lo), np.float32(gamma))
+        y_std = float(y.std())
+        out[c] = (y - float(y.mean())) / y_std * std + mean if y_std > 1e-8 else x
+    return out
 
 
 def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -2,7 +2,11 @@
 
 Forward, per case (image ``C x D x H x W``, label ``D x H x W``):
 
-1. **Resample** to ``target_spacing`` (mm) when given: images trilinear, labels nearest neighbour. The
+1. **Resample** to ``target_spacing`` (mm) when given: images trilinear; labels by trilinear
+   interpolation of each label's indicator and the arg-max (nnU-Net's scheme for segmentations,
+   Isensee et al. 2021), on the same voxel-centre grid as the image. Nearest-neighbour sampling would
+   shift a label half an original voxel against the image when the grid is halved (it picks one of
+   the two voxels a coarse voxel covers) and costs the lumbar masks a point of Dice at 2 mm. The
    new shape is ``round(shape * spacing / target_spacing)``; the field of view is kept, so the
    effective spacing is ``spacing * shape / new_shape`` (within half a voxel of the target).
 2. **Normalise** each channel: clip to its ``[p_low, p_high]`` percentiles (0.5 / 99.5 by default),
@@ -33,6 +37,9 @@ __all__ = [
     "PreprocessConfig", "CaseGeometry", "normalize_intensity", "resample_image", "resample_label",
     "preprocess_case", "pad_to_multiple", "crop_padding", "restore_to_original", "PreprocessCache",
 ]
+
+
+_PREPROCESS_VERSION = 2  # 2: labels resampled by indicator interpolation (1: nearest neighbour)
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,9 @@ class PreprocessConfig:
                    clip_percentiles=tuple(d.get("clip_percentiles", (0.5, 99.5))))
 
     def key(self) -> str:
-        """A short hash of the settings, used to key the cache."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash of the settings and of the preprocessing's version, used to key the cache."""
+        blob = json.dumps({**self.to_dict(), "version": _PREPROCESS_VERSION}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -130,12 +138,26 @@ def resample_image(image: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
 
 
 def resample_label(label: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a ``D x H x W`` label map (voxel centres, no half-voxel shift)."""
+    """Resample a ``D x H x W`` label map: each label's indicator trilinearly, then the arg-max.
+
+    ``out(x) = argmax_k interp(1[label == k])(x)`` with the image's grid convention (voxel centres,
+    ``align_corners=False``), so image and labels stay aligned; ties go to the lower label. One label
+    at a time, so memory stays at three volumes whatever the number of labels.
+    """
     if tuple(label.shape) == tuple(new_shape):
         return label
-    t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int16))[None, None].float()
-    out = F.interpolate(t, size=tuple(new_shape), mode="nearest-exact")[0, 0]
-    return out.round().numpy().astype(label.dtype)
+    label = np.ascontiguousarray(label)
+    values = np.unique(label)
+    t = torch.from_numpy(label.astype(np.int64))
+    best = torch.full(tuple(new_shape), -1.0)
+    out = torch.zeros(tuple(new_shape), dtype=torch.int64)
+    for v in values:
+        share = F.interpolate((t == int(v)).float()[None, None], size=tuple(new_shape), mode="trilinear",
+                              align_corners=False)[0, 0]
+        better = share > best
+        best = torch.where(better, share, best)
+        out[better] = int(v)
+    return out.numpy().astype(label.dtype)
 
 
 def preprocess_case(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
