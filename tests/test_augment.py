@@ -93,11 +93,17 @@ def test_mirroring_flips_image_and_label_together_on_the_chosen_axes_only():
     assert seen == {True, False}
 
 
-def test_mirroring_off_keeps_the_random_stream():
+def test_mirroring_is_drawn_after_the_other_augmentations():
+    """With mirroring on, a sample is the same affine + noise sample as without, flipped or not."""
     img, lab = _blob()
-    a = augment_sample(img, lab, np.random.default_rng(5), AugmentConfig(p_affine=1.0, p_noise=1.0))
-    b = augment_sample(img, lab, np.random.default_rng(5), AugmentConfig(p_affine=1.0, p_noise=1.0, mirror_axes=()))
-    np.testing.assert_array_equal(a[0], b[0])
+    lab[:, :, 12:14] = 2
+    for seed in range(6):
+        a_img, a_lab = augment_sample(img, lab, np.random.default_rng(seed), AugmentConfig(p_affine=1.0, p_noise=1.0))
+        b_img, b_lab = augment_sample(img, lab, np.random.default_rng(seed),
+                                      AugmentConfig(p_affine=1.0, p_noise=1.0, mirror_axes=(2,)))
+        flipped = not np.array_equal(b_img, a_img)
+        np.testing.assert_array_equal(b_img, a_img[..., ::-1] if flipped else a_img)
+        np.testing.assert_array_equal(b_lab, a_lab[..., ::-1] if flipped else a_lab)
 
 
 @pytest.mark.parametrize("axes", [(3,), (1, 1), (-1,)])
@@ -123,8 +129,10 @@ def test_reflection_padding_shows_mirrored_anatomy_and_background_labels():
     top = int(np.argmax(refl_lab.any((1, 2))))  # the structure's first row after the shift
     assert top >= 3
     assert np.allclose(low_img[0], img.min())  # a blank band above the shifted image...
-    assert refl_img[0].mean() > img.min() + 1.0  # ...or the image mirrored at its edge
-    assert (refl_lab[:top] == 0).all()  # mirrored anatomy is background
+    band = refl_img[:top, 4, 4]  # ...or the image mirrored at its edge: intensities rise again
+    assert band[0] > band.min() + 1.0 and band.min() >= img.min() - 1e-5
+    assert ((band >= 3.0) & (band <= 6.0)).any()  # the structure's rows (values 3-6) show up mirrored...
+    assert (refl_lab[:top] == 0).all() and refl_lab[top:top + 4, 4, 4].all()  # ...labelled background
 
 
 def test_gamma_keeps_mean_std_and_order_and_changes_contrast():

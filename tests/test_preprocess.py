@@ -62,6 +62,19 @@ def test_label_resampling_keeps_the_label_centred_on_the_image_grid():
     assert abs((small == 3).sum() * (41 / 20) * (37 / 18) * 2.0 / (lab == 3).sum() - 1) < 0.06
 
 
+def test_label_resampling_breaks_half_covered_ties_without_bias():
+    """Halving a box whose faces fall mid-voxel keeps its length (ties to one side changed it 2 mm)."""
+    from spineloss.data.preprocess import resample_label
+
+    lab = np.zeros((40, 40, 40), np.uint8)
+    lab[11:29, 11:29, 11:29] = 2  # 18 voxels per side, both faces half-cover a coarse voxel
+    small = resample_label(lab, (20, 20, 20))
+    for axis in range(3):  # 9 coarse voxels = 18 fine ones (ties to background: 8, to the label: 10)
+        others = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_array_equal(np.nonzero((small == 2).any(others))[0], np.arange(5, 14))
+    assert abs((small == 2).sum() * 8 / (lab == 2).sum() - 1) < 0.04  # edge voxels a quarter covered: background
+
+
 def test_padding_roundtrip():
     a = np.arange(5 * 6 * 7, dtype=np.float32).reshape(1, 5, 6, 7)
     p, pad = pad_to_multiple(a, 4)

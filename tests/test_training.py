@@ -184,3 +184,14 @@ def test_checkpoint_asks_for_the_trained_mirror_axes(tmp_path):
     _, ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["inference"]["mirror_axes"] == [2] and checkpoint_mirror_axes(ckpt) == (2,)
     assert checkpoint_mirror_axes({"model": {}}) == ()  # checkpoints written before the entry
+
+
+def test_resume_with_another_model_config_says_what_to_do(tmp_path):
+    cases = _cases()
+    cfg = TrainConfig(epochs=2, iterations_per_epoch=1, batch_size=2, seed=0)
+    small = ModelConfig(depth=2, base_channels=4, max_channels=8)
+    train_fold(cases[:2], cases[2:], SoftCE(), 3, tmp_path, train_config=TrainConfig(epochs=1, iterations_per_epoch=1,
+               batch_size=2, seed=0), model_config=small, progress=False)
+    other = ModelConfig(depth=2, base_channels=4, max_channels=8, bottleneck_blocks=1)
+    with pytest.raises(ValueError, match=r"different \[model\] configuration"):
+        train_fold(cases[:2], cases[2:], SoftCE(), 3, tmp_path, train_config=cfg, model_config=other, progress=False)

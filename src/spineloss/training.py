@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data.augment import AugmentConfig, mixup
+from .data.augment import AugmentConfig, check_mirror_axes, mixup
 from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
 from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
 from .model import build_model
@@ -176,9 +176,7 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.devi
     2021): the logits are averaged over every combination of flips of these axes (``2 ** len``
     forward passes), each flipped back before averaging.
     """
-    axes = sorted({int(a) for a in mirror_axes})
-    if any(a not in (0, 1, 2) for a in axes):
-        raise ValueError(f"mirror_axes are spatial axes 0, 1, 2; got {tuple(mirror_axes)}")
+    axes = sorted(check_mirror_axes(mirror_axes))
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     low = float(x.amin())
@@ -375,7 +373,12 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model_state"])
+        try:
+            model.load_state_dict(state["model_state"])
+        except RuntimeError as exc:
+            raise ValueError(f"{last_path} was written by a different [model] configuration than the one now "
+                             "asked for; resume with the old config, or start over (--no-resume, or another "
+                             f"output folder): {str(exc).splitlines()[0]}") from exc
         optimizer.load_state_dict(state["optimizer_state"])
         scaler.load_state_dict(state["scaler_state"])
         history = state["history"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "random_affine", "add_gaussian_noise", "augment_sample", "adjust_gamma", "mixup",
+__all__ = ["AugmentConfig", "check_mirror_axes", "random_affine", "add_gaussian_noise", "augment_sample", "adjust_gamma", "mixup",
            "one_hot"]
 
 
@@ -39,9 +39,10 @@ class AugmentConfig:
             view: ``"minimum"`` (the channel minimum, like the patch padding) or ``"reflection"`` (the
             image mirrored at its border; labels there are background). Reflection makes a shift
             show more anatomy beyond the edge instead of a blank band, so the distance between the
-            field of view's edge and a structure stops being a cue: with the lumbar scans, vertebrae
+            field of view's edge and a structure is less of a cue: with the lumbar scans, vertebrae
             mirrored above T12 teach that the body below the edge need not be L1 (the levels must be
-            counted from the sacrum).
+            counted from the sacrum). The price: a labelled structure cut by the patch's edge is
+            mirrored too and counts as background there (label noise near patch edges).
         p_noise: probability of Gaussian noise; its standard deviation is drawn in [0, noise_std]
             (intensities are z-scored, so 0.1 is a tenth of the image's standard deviation).
         p_mixup: probability that a batch is mixed; ``mixup_alpha`` is the Beta(a, a) parameter of
@@ -71,9 +72,7 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mirror_axes", tuple(int(a) for a in self.mirror_axes))
-        if any(a not in (0, 1, 2) for a in self.mirror_axes) or len(set(self.mirror_axes)) != len(self.mirror_axes):
-            raise ValueError(f"augment.mirror_axes lists distinct spatial axes among 0, 1, 2; got {self.mirror_axes}")
+        object.__setattr__(self, "mirror_axes", check_mirror_axes(self.mirror_axes, "augment.mirror_axes"))
         if self.affine_padding not in ("minimum", "reflection"):
             raise ValueError(f"augment.affine_padding must be 'minimum' or 'reflection'; got {self.affine_padding!r}")
         lo, hi = (float(g) for g in self.gamma_range)
@@ -99,6 +98,14 @@ class AugmentConfig:
     def none(cls) -> "AugmentConfig":
         """No augmentation at all."""
         return cls(p_affine=0.0, p_noise=0.0, p_mixup=0.0)
+
+
+def check_mirror_axes(axes: Sequence[int], where: str = "mirror_axes") -> tuple[int, ...]:
+    """``axes`` as a tuple of distinct spatial axes among 0, 1, 2, or a ValueError naming ``where``."""
+    out = tuple(int(a) for a in axes)
+    if any(a not in (0, 1, 2) for a in out) or len(set(out)) != len(out):
+        raise ValueError(f"{where} lists distinct spatial axes among 0, 1, 2; got {tuple(axes)}")
+    return out
 
 
 def _rotation_matrix(angles: Sequence[float]) -> np.ndarray:
@@ -157,7 +164,7 @@ def add_gaussian_noise(image: np.ndarray, rng: np.random.Generator, max_std: flo
 def augment_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
                    config: AugmentConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the per-sample augmentations of ``config`` (affine, then noise) with ``rng``.
+    """Apply the per-sample augmentations of ``config`` (affine, noise, mirroring, gamma) with ``rng``.
 
     The draws that decide whether a transform is applied are made in a fixed order, so the
     sequence of random numbers does not depend on the outcome of earlier draws.
