@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "check_mirror_axes", "random_affine", "add_gaussian_noise", "augment_sample", "adjust_gamma", "mixup",
-           "one_hot"]
+__all__ = ["AugmentConfig", "check_mirror_axes", "random_affine", "add_gaussian_noise", "augment_sample",
+           "adjust_gamma", "mixup", "one_hot"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class AugmentConfig:
         mirror_axes: spatial axes (0, 1, 2 of ``D x H x W``) each flipped with probability 1/2, as
             nnU-Net does (Isensee et al. 2021); only axes along which the anatomy is roughly
             symmetric (left-right for the spine, never head-feet: the levels are counted from the
-            sacrum). Pair it with the same axes for test-time mirroring.
+            sacrum). The checkpoint records the axes, and prediction mirrors along them too.
     """
 
     p_affine: float = 0.5
