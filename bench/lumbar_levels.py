@@ -44,7 +44,8 @@ def main(argv=None) -> int:
             ref, spacing = lc.load_reference(case)
             pos = level_positions(ref, spacing)
             table.setdefault(split, []).append(pos)
-            print(f"{case.case_id:12s} {split:5s} {pos['l1_top_mm']:7.0f} {pos['l5_bottom_mm']:7.0f} {pos['length_mm']:6.0f}")
+            print(f"{case.case_id:12s} {split:5s} {pos['l1_top_mm']:7.0f} {pos['l5_bottom_mm']:7.0f} "
+                  f"{pos['length_mm']:6.0f}")
     for split, rows in table.items():
         for key in ("l1_top_mm", "length_mm"):
             v = np.array([r[key] for r in rows])
