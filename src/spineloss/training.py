@@ -337,7 +337,8 @@ def checkpoint_meta(model_args: dict, preprocess: PreprocessConfig | None, label
 
 def checkpoint_mirror_axes(checkpoint: dict) -> tuple[int, ...]:
     """The test-time mirroring axes a checkpoint asks for (none for checkpoints without the entry)."""
-    return tuple(int(a) for a in (checkpoint.get("inference") or {}).get("mirror_axes", ()))
+    return check_mirror_axes((checkpoint.get("inference") or {}).get("mirror_axes", ()),
+                             "the checkpoint's inference.mirror_axes")
 
 
 _HISTORY_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "skipped_steps", "seconds"]
