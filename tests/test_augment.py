@@ -166,3 +166,25 @@ def test_isotropic_scaling_keeps_proportions():
 def test_invalid_gamma(bad):
     with pytest.raises(ValueError, match="gamma"):
         AugmentConfig(**bad)
+
+
+def test_rotation_per_axis():
+    img, lab = _blob()
+    scalar = AugmentConfig(p_affine=1.0, rotation=0.3, scale=0.0, translation=0.0)
+    same = AugmentConfig(p_affine=1.0, rotation=(0.3, 0.3, 0.3), scale=0.0, translation=0.0)
+    assert same.rotation == (0.3, 0.3, 0.3)
+    a = random_affine(img, lab, np.random.default_rng(5), scalar)
+    b = random_affine(img, lab, np.random.default_rng(5), same)
+    np.testing.assert_array_equal(a[0], b[0])                       # the same draws, the same result
+    # rotation about axis 1 only moves structures in the plane of axes 0 and 2: the projection of the
+    # label onto axis 1 keeps its extent, its projection onto axes 0 and 2 changes
+    only_axis1 = AugmentConfig(p_affine=1.0, rotation=(0.0, 0.5, 0.0), scale=0.0, translation=0.0)
+    lab3 = np.zeros((32, 32, 32), np.uint8)
+    lab3[8:24, 12:20, 14:18] = 1
+    out_img, out_lab = random_affine(lab3[None].astype(np.float32), lab3, np.random.default_rng(2), only_axis1)
+    np.testing.assert_array_equal(np.nonzero(out_lab.any((0, 2)))[0], np.arange(12, 20))
+    assert not np.array_equal(out_lab.any(1), lab3.any(1))
+    with pytest.raises(ValueError, match="one angle or three"):
+        AugmentConfig(rotation=(0.1, 0.2))
+    with pytest.raises(ValueError, match="rotation must be >= 0"):
+        AugmentConfig(rotation=(0.1, -0.2, 0.0))

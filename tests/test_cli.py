@@ -116,6 +116,31 @@ def test_binary_mode(phantom, tmp_path):
     assert set(m["mean"]) == {"1", "foreground", "mean"}
 
 
+def test_foreground_network_with_levels_counted(phantom, tmp_path):
+    """train_label_mode = "binary" + number_levels: a 2-class network, L1-L5 output and metrics."""
+    import torch
+
+    cfg = _config(tmp_path, phantom, losses='["dice_ce"]')
+    cfg.write_text(cfg.read_text().replace('label_mode = "multiclass"', 'label_mode = "multiclass"\n'
+                                           'train_label_mode = "binary"')
+                   + "\n[postprocess]\ncaudal_bodies = 5\nnumber_levels = true\n")
+    out = tmp_path / "levels"
+    assert main(["experiment", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "dice_ce" / "fold0" / "metrics.json").read_text())
+    assert set(m["mean"]) == {"1", "2", "3", "4", "5", "foreground", "mean"}
+    ckpt = torch.load(out / "dice_ce" / "fold0" / "model.pt", weights_only=False)
+    assert ckpt["model"]["out_channels"] == 2 and ckpt["label_mode"] == "multiclass"
+    assert ckpt["inference"]["postprocess"] == {"caudal_bodies": 5, "number_levels": True}
+    image = sorted((phantom / "imagesTr").glob("*.nii.gz"))[0]
+    seg = tmp_path / "levels.nii.gz"
+    assert main(["predict", "--model", str(out / "dice_ce" / "fold0" / "model.pt"), "--input", str(image),
+                 "--output", str(seg)]) == 0
+    assert set(np.unique(np.asarray(nib.load(str(seg)).dataobj))) <= set(range(6))
+    # without the numbering the config is refused
+    cfg.write_text(cfg.read_text().replace("number_levels = true", "number_levels = false"))
+    assert main(["experiment", str(cfg), "--out", str(tmp_path / "refused"), "--no-progress"]) == 2
+
+
 def test_user_errors_exit_2(tmp_path, capsys):
     assert main(["experiment", str(tmp_path / "missing.toml")]) == 2
     assert "no such config" in capsys.readouterr().err

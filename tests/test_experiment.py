@@ -42,10 +42,26 @@ def test_config_parsing():
     ({"losses": ["ce", "ce"]}, "unique"),
     ({"losses": []}, "names no loss"),
     ({"optimizer": {}}, "unknown config section"),
+    ({"data": {"path": "x", "label_mode": "binary", "train_label_mode": "multiclass"}}, "train_label_mode"),
+    ({"data": {"path": "x", "train_label_mode": "binary"}}, "number_levels = true"),
+    ({"postprocess": {"number_levels": True}}, "number_levels needs"),
+    ({"postprocess": {"caudal": 5}}, "unknown key"),
+    ({"augment": {"rotation": [0.1, 0.2]}}, "one angle or three"),
 ])
 def test_config_errors(over, match):
     with pytest.raises(ValueError, match=match):
         config_from_dict(_raw(**over))
+
+
+def test_postprocess_and_foreground_network_config():
+    cfg = config_from_dict(_raw(data={"path": "x", "train_label_mode": "binary"},
+                                postprocess={"caudal_bodies": 5, "number_levels": True},
+                                augment={"rotation": [0.1, 0.35, 0.1]}))
+    assert cfg.data.network_label_mode == "binary" and cfg.data.label_mode == "multiclass"
+    assert cfg.postprocess.active and cfg.postprocess.number_levels
+    assert cfg.augment.rotation == (0.1, 0.35, 0.1)
+    assert config_from_dict(_raw()).data.network_label_mode == "multiclass"
+    assert not config_from_dict(_raw()).postprocess.active
 
 
 def test_load_config_errors(tmp_path):

@@ -28,8 +28,9 @@ import numpy as np
 
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
-from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, evaluate_cases, load_checkpoint, train_fold,
-                       write_json)
+from .postprocess import PostprocessConfig
+from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, checkpoint_postprocess, evaluate_cases,
+                       load_checkpoint, train_fold, write_json)
 
 __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
 
@@ -61,7 +62,12 @@ class DataConfig:
         path: an nnU-Net v2 or MSD folder (relative paths are relative to the current directory).
         phantom: ``{region, cases, shape, seed}`` of a synthetic data set, written under the output
             folder (``<out>/data``) when ``path`` is not given.
-        label_mode: ``multiclass`` (labels as declared) or ``binary`` (all foreground merged).
+        label_mode: ``multiclass`` (labels as declared) or ``binary`` (all foreground merged): the
+            labels the pipeline outputs and is scored on.
+        train_label_mode: the labels the network learns, when they differ: ``binary`` with
+            ``label_mode = "multiclass"`` trains a foreground network and takes the levels from
+            counting the bodies (``[postprocess] number_levels``), for labels that are ordinal
+            levels along the spine (L1-L5).
         cache: folder of the preprocessing cache (default ``<out>/cache``).
     """
 
@@ -69,6 +75,7 @@ class DataConfig:
     phantom: dict | None = None
     label_mode: str = "multiclass"
     cache: str | None = None
+    train_label_mode: str | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.phantom is None):
@@ -76,6 +83,14 @@ class DataConfig:
                              "(a table {region, cases, shape, seed})")
         if self.label_mode not in ("multiclass", "binary"):
             raise ValueError(f"[data] label_mode must be 'multiclass' or 'binary', got {self.label_mode!r}")
+        if self.train_label_mode not in (None, self.label_mode, "binary"):
+            raise ValueError(f"[data] train_label_mode must be left out, equal label_mode, or be 'binary' (a "
+                             f"foreground network for multiclass levels); got {self.train_label_mode!r}")
+
+    @property
+    def network_label_mode(self) -> str:
+        """The label mode the network is trained on."""
+        return self.train_label_mode or self.label_mode
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     training: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -103,6 +119,10 @@ class ExperimentConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"loss names must be unique (they name the result folders), repeated: {dupes}")
+        if self.data.network_label_mode != self.data.label_mode and not self.postprocess.number_levels:
+            raise ValueError("[data] train_label_mode = 'binary' trains a foreground network; the levels of "
+                             "label_mode = 'multiclass' then come from counting the bodies: set [postprocess] "
+                             "caudal_bodies = <number of levels> and number_levels = true")
         if self.table_distance not in ("hd", "hd95"):
             raise ValueError(f"[experiment] table_distance must be 'hd' or 'hd95', got {self.table_distance!r}")
 
@@ -150,7 +170,7 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
     raw = dict(raw)
     exp = dict(raw.pop("experiment", {}))
     losses = _loss_specs(raw.pop("losses", exp.pop("losses", None)))
-    allowed = {"data", "preprocess", "model", "training", "augment"}
+    allowed = {"data", "preprocess", "model", "training", "augment", "postprocess"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; known: experiment, losses, {sorted(allowed)}")
@@ -165,7 +185,8 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
         preprocess=_section(PreprocessConfig, raw.get("preprocess"), "preprocess"),
         model=_section(ModelConfig, raw.get("model"), "model"),
         training=_section(TrainConfig, raw.get("training"), "training", seed=seed),
-        augment=_section(AugmentConfig, raw.get("augment"), "augment"))
+        augment=_section(AugmentConfig, raw.get("augment"), "augment"),
+        postprocess=_section(PostprocessConfig, raw.get("postprocess"), "postprocess"))
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -225,12 +246,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     write_json(out_dir / "experiment.json", config.to_dict())
     data_dir = resolve_data(config, out_dir)
     info = check_dataset(data_dir)
-    label_mode = config.data.label_mode
-    num_classes = info.num_classes_for(label_mode)
+    label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
+    num_classes = info.num_classes_for(network_mode)
     label_names = info.label_names(label_mode)
     cases_by_id = {c.case_id: c for c in info.cases}
     t0 = time.perf_counter()
-    prepared = prepare_cases(info, info.cases, config.preprocess, label_mode,
+    prepared = prepare_cases(info, info.cases, config.preprocess, network_mode,
                              cache_dir=config.data.cache or out_dir / "cache")
     prepared = {p.case_id: p for p in prepared}
     log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
@@ -250,11 +271,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             train_fold(train_cases, [prepared[i] for i in val_ids], spec.build(train_cases[0].spacing),
                        num_classes, run_dir, model_config=config.model, train_config=config.training,
                        augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
-                       label_names=label_names, progress=progress, resume=resume)
+                       label_names=label_names, progress=progress, resume=resume,
+                       postprocess=config.postprocess)
             model, ckpt = load_checkpoint(run_dir / "model.pt")
             metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
                                      labels=sorted(k for k in label_names if k > 0),
-                                     mirror_axes=checkpoint_mirror_axes(ckpt))
+                                     mirror_axes=checkpoint_mirror_axes(ckpt),
+                                     postprocess=checkpoint_postprocess(ckpt))
             metrics["train_seconds"] = time.perf_counter() - t
             write_json(run_dir / "metrics.json", metrics)
             mean = metrics["mean"].get("mean", {})

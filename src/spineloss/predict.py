@@ -1,6 +1,6 @@
 """Segment an image with a trained model: the preprocessing stored in the checkpoint, fp32 inference
 (mirrored at test time along the axes the checkpoint names), the inverse transform to the input's
-grid, and a label map written with the input's affine."""
+grid, the checkpoint's post-processing, and a label map written with the input's affine."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +17,7 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
     import dataclasses
 
     from .data.preprocess import PreprocessConfig, preprocess_case, restore_to_original
-    from .training import checkpoint_mirror_axes, predict_logits
+    from .training import checkpoint_mirror_axes, checkpoint_postprocess, predict_logits
 
     config = PreprocessConfig.from_dict(checkpoint["preprocess"])
     expected = checkpoint["model"]["in_channels"]
@@ -25,7 +25,8 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
         raise ValueError(f"the model expects {expected} image channel(s), got {image.shape[0]}")
     prepared, _, geometry = preprocess_case(image, None, affine, config)
     logits, pad = predict_logits(model, prepared, device, checkpoint_mirror_axes(checkpoint))
-    return restore_to_original(logits, dataclasses.replace(geometry, pad=pad))
+    label = restore_to_original(logits, dataclasses.replace(geometry, pad=pad))
+    return checkpoint_postprocess(checkpoint).apply(label, geometry.original_affine, geometry.original_spacing)
 
 
 def predict_file(model_path: str | Path, inputs: Sequence[str | Path] | str | Path,

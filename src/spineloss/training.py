@@ -37,6 +37,7 @@ from .data.augment import AugmentConfig, check_mirror_axes, mixup
 from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
 from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
 from .model import build_model
+from .postprocess import PostprocessConfig
 
 __all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "checkpoint_mirror_axes", "resolve_device",
            "resolve_amp", "train_fold", "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
@@ -216,10 +217,12 @@ def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: 
 
 
 def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
-                   labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = ()) -> dict:
+                   labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = (),
+                   postprocess: PostprocessConfig | None = None) -> dict:
     """Predict each case, map it back to the original grid and compare with the original label file.
 
-    ``mirror_axes``: test-time mirroring (:func:`predict_logits`).
+    ``mirror_axes``: test-time mirroring (:func:`predict_logits`); ``postprocess``: applied to the
+    label map on the original grid (:class:`~spineloss.postprocess.PostprocessConfig`).
 
     Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
     "nan_counts": {label: {metric: cases whose value is NaN}}}``. NaN values are excluded from the
@@ -234,6 +237,8 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
         logits, pad = predict_logits(model, case.image, device, mirror_axes)
         geometry = dataclasses.replace(case.geometry, pad=pad)
         prediction = restore_to_original(logits, geometry)
+        if postprocess is not None:
+            prediction = postprocess.apply(prediction, geometry.original_affine, geometry.original_spacing)
         if case.source_label is not None:
             reference = np.asarray(nib.load(str(case.source_label)).dataobj)
             reference = to_label_mode(np.rint(reference).astype(np.int64), label_mode)
@@ -324,21 +329,30 @@ class Trainer:
 
 def checkpoint_meta(model_args: dict, preprocess: PreprocessConfig | None, label_mode: str,
                     label_names: dict[int, str] | None, patch_size=None,
-                    mirror_axes: Sequence[int] = ()) -> dict:
+                    mirror_axes: Sequence[int] = (), postprocess: PostprocessConfig | None = None) -> dict:
     """What a ``model.pt`` carries besides the weights, so :mod:`spineloss.predict` can repeat the
-    preprocessing, rebuild the network and mirror at test time along the axes it was trained to
-    be mirror-invariant on (``inference.mirror_axes``)."""
+    preprocessing, rebuild the network, mirror at test time along the axes it was trained to be
+    mirror-invariant on (``inference.mirror_axes``) and post-process (``inference.postprocess``)."""
     return {"model": dict(model_args), "preprocess": (preprocess or PreprocessConfig()).to_dict(),
             "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
             "num_classes": int(model_args["out_channels"]),
             "patch_size": tuple(patch_size) if patch_size is not None else None,
-            "inference": {"mirror_axes": [int(a) for a in mirror_axes]}}
+            "inference": {"mirror_axes": [int(a) for a in mirror_axes],
+                          "postprocess": (postprocess or PostprocessConfig()).to_dict()}}
 
 
 def checkpoint_mirror_axes(checkpoint: dict) -> tuple[int, ...]:
     """The test-time mirroring axes a checkpoint asks for (none for checkpoints without the entry)."""
     return check_mirror_axes((checkpoint.get("inference") or {}).get("mirror_axes", ()),
                              "the checkpoint's inference.mirror_axes")
+
+
+def checkpoint_postprocess(checkpoint: dict) -> PostprocessConfig:
+    """The post-processing a checkpoint asks for (none for checkpoints without the entry)."""
+    try:
+        return PostprocessConfig.from_dict((checkpoint.get("inference") or {}).get("postprocess"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the checkpoint's inference.postprocess is not valid: {exc}") from exc
 
 
 _HISTORY_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "skipped_steps", "seconds"]
@@ -349,9 +363,14 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                train_config: TrainConfig = TrainConfig(), augment: AugmentConfig = AugmentConfig(),
                preprocess: PreprocessConfig | None = None, label_mode: str = "multiclass",
                label_names: dict[int, str] | None = None, resume: bool = True, progress: bool = True,
+               postprocess: PostprocessConfig | None = None,
                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train one model and write ``history.csv``, ``model.pt`` (best validation Dice), ``last.pt``.
 
+    ``label_mode``/``label_names`` describe what the pipeline outputs and ``postprocess`` how it gets
+    there; both are recorded in the checkpoints (prediction applies the post-processing; the
+    per-epoch validation Dice that picks the best model is measured on the network's own labels,
+    without it, on the preprocessed grid).
     Returns the last history row plus ``best_val_dice`` and ``best_epoch``. With ``resume`` and a
     ``last.pt`` in ``out_dir``, training continues after its epoch (a finished run returns at once).
     ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint is on disk.
@@ -390,7 +409,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                            distance_maps=needs_dist, foreground_oversample=cfg.foreground_oversample)
     loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
     meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size,
-                           augment.mirror_axes)
+                           augment.mirror_axes, postprocess)
     mix_gen = torch.Generator()
 
     for epoch in range(start_epoch, cfg.epochs):

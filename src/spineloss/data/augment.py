@@ -30,7 +30,11 @@ class AugmentConfig:
 
     Args:
         p_affine: probability of a random affine transform.
-        rotation: maximum absolute rotation about each axis, in radians.
+        rotation: maximum absolute rotation about each axis, in radians: one number for all three
+            axes, or three (about axis 0, 1, 2 of ``D x H x W``, like nnU-Net's
+            ``rotation_x/y/z``). For sagittal spine scans (axes head-feet, front-back, left-right)
+            a larger angle about the front-back axis tilts the spine in the coronal plane, as a
+            scoliosis does.
         scale: maximum relative scaling, e.g. 0.1 draws a factor in [0.9, 1.1] per axis.
         scale_isotropic: one scaling factor for all three axes (a smaller or larger subject, as
             nnU-Net draws it) instead of one per axis (which also changes the shape's proportions).
@@ -58,7 +62,7 @@ class AugmentConfig:
     """
 
     p_affine: float = 0.5
-    rotation: float = 0.2
+    rotation: float | tuple[float, float, float] = 0.2
     scale: float = 0.1
     translation: float = 0.05
     p_noise: float = 0.3
@@ -73,6 +77,15 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mirror_axes", check_mirror_axes(self.mirror_axes, "augment.mirror_axes"))
+        if isinstance(self.rotation, (int, float)):
+            object.__setattr__(self, "rotation", float(self.rotation))
+        else:
+            angles = tuple(float(r) for r in self.rotation)
+            if len(angles) != 3:
+                raise ValueError(f"augment.rotation is one angle or three (one per axis); got {self.rotation}")
+            object.__setattr__(self, "rotation", angles)
+        if min(np.atleast_1d(self.rotation)) < 0:
+            raise ValueError(f"augment.rotation must be >= 0, got {self.rotation}")
         if self.affine_padding not in ("minimum", "reflection"):
             raise ValueError(f"augment.affine_padding must be 'minimum' or 'reflection'; got {self.affine_padding!r}")
         lo, hi = (float(g) for g in self.gamma_range)
@@ -83,7 +96,7 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
-        for name in ("rotation", "scale", "translation", "noise_std"):
+        for name in ("scale", "translation", "noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if self.scale >= 1:
@@ -126,7 +139,8 @@ def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     the channel minimum (or the mirrored image, ``config.affine_padding``) outside the field of view;
     label: nearest neighbour, filled with background.
     """
-    angles = rng.uniform(-config.rotation, config.rotation, size=3)
+    limit = np.asarray(config.rotation, dtype=np.float64)  # scalar or per axis; same draws either way
+    angles = rng.uniform(-limit, limit, size=3)
     scales = rng.uniform(1 - config.scale, 1 + config.scale, size=3)
     if config.scale_isotropic:
         scales = np.full(3, scales[0])
