@@ -65,6 +65,8 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
     info = read_dataset(data_dir)
     train_cases, val_cases = lc.lumbar_split(data_dir, n_val=n_val)
     network_mode = config.data.train_label_mode or label_mode     # a foreground network for levels: counting
+    if post.number_levels:
+        post.check_labels(info.num_classes_for("multiclass") - 1, f"the data set {data_dir}")
     num_classes = info.num_classes_for(network_mode)
     t0 = time.perf_counter()
     prepared = {p.case_id: p for p in prepare_cases(info, train_cases + val_cases, config.preprocess, network_mode,

@@ -176,14 +176,19 @@ def test_rotation_per_axis():
     a = random_affine(img, lab, np.random.default_rng(5), scalar)
     b = random_affine(img, lab, np.random.default_rng(5), same)
     np.testing.assert_array_equal(a[0], b[0])                       # the same draws, the same result
-    # rotation about axis 1 only moves structures in the plane of axes 0 and 2: the projection of the
-    # label onto axis 1 keeps its extent, its projection onto axes 0 and 2 changes
-    only_axis1 = AugmentConfig(p_affine=1.0, rotation=(0.0, 0.5, 0.0), scale=0.0, translation=0.0)
+    # a rotation about one axis only moves structures in the plane of the other two: the label's
+    # extent along that axis is kept, its projection onto the other two changes
     lab3 = np.zeros((32, 32, 32), np.uint8)
     lab3[8:24, 12:20, 14:18] = 1
-    out_img, out_lab = random_affine(lab3[None].astype(np.float32), lab3, np.random.default_rng(2), only_axis1)
-    np.testing.assert_array_equal(np.nonzero(out_lab.any((0, 2)))[0], np.arange(12, 20))
-    assert not np.array_equal(out_lab.any(1), lab3.any(1))
+    for axis, box in ((0, np.arange(8, 24)), (1, np.arange(12, 20))):
+        limits = [0.0, 0.0, 0.0]
+        limits[axis] = 0.5
+        cfg = AugmentConfig(p_affine=1.0, rotation=tuple(limits), scale=0.0, translation=0.0)
+        _, out_lab = random_affine(lab3[None].astype(np.float32), lab3, np.random.default_rng(2), cfg)
+        others = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_array_equal(np.nonzero(out_lab.any(others))[0], box)
+        assert not np.array_equal(out_lab.any(axis), lab3.any(axis))
+    assert AugmentConfig(rotation=np.float32(0.25)).rotation == 0.25
     with pytest.raises(ValueError, match="one angle or three"):
         AugmentConfig(rotation=(0.1, 0.2))
     with pytest.raises(ValueError, match="rotation must be >= 0"):

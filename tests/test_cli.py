@@ -116,9 +116,20 @@ def test_binary_mode(phantom, tmp_path):
     assert set(m["mean"]) == {"1", "foreground", "mean"}
 
 
-def test_foreground_network_with_levels_counted(phantom, tmp_path):
+def test_foreground_network_with_levels_counted(phantom, tmp_path, monkeypatch):
     """train_label_mode = "binary" + number_levels: a 2-class network, L1-L5 output and metrics."""
     import torch
+
+    from spineloss.postprocess import PostprocessConfig
+
+    calls = []
+    original = PostprocessConfig.apply
+
+    def recording_apply(self, label_map, affine, spacing):
+        calls.append((self.caudal_bodies, self.number_levels, label_map.shape))
+        return original(self, label_map, affine, spacing)
+
+    monkeypatch.setattr(PostprocessConfig, "apply", recording_apply)
 
     cfg = _config(tmp_path, phantom, losses='["dice_ce"]')
     cfg.write_text(cfg.read_text().replace('label_mode = "multiclass"', 'label_mode = "multiclass"\n'
@@ -126,6 +137,7 @@ def test_foreground_network_with_levels_counted(phantom, tmp_path):
                    + "\n[postprocess]\ncaudal_bodies = 5\nnumber_levels = true\n")
     out = tmp_path / "levels"
     assert main(["experiment", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert len(calls) == 4 and all(c[:2] == (5, True) for c in calls)  # every validation case, both folds
     m = json.loads((out / "dice_ce" / "fold0" / "metrics.json").read_text())
     assert set(m["mean"]) == {"1", "2", "3", "4", "5", "foreground", "mean"}
     ckpt = torch.load(out / "dice_ce" / "fold0" / "model.pt", weights_only=False)
@@ -136,6 +148,7 @@ def test_foreground_network_with_levels_counted(phantom, tmp_path):
     assert main(["predict", "--model", str(out / "dice_ce" / "fold0" / "model.pt"), "--input", str(image),
                  "--output", str(seg)]) == 0
     assert set(np.unique(np.asarray(nib.load(str(seg)).dataobj))) <= set(range(6))
+    assert len(calls) == 5 and calls[-1][2] == nib.load(str(image)).shape  # predict applied it too
     # without the numbering the config is refused
     cfg.write_text(cfg.read_text().replace("number_levels = true", "number_levels = false"))
     assert main(["experiment", str(cfg), "--out", str(tmp_path / "refused"), "--no-progress"]) == 2

@@ -60,9 +60,19 @@ def test_split_bodies_keeps_a_piece_thinner_than_the_erosion():
 
 def test_split_bodies_respects_anisotropic_spacing():
     mask = _stack([1, 1], bridge={0: 2}) > 0
-    # 3 mm along axis 0: the 2 mm erosion is less than one voxel along it, the bridge still goes
-    parts, n = split_bodies(mask, spacing=(3.0, 1.0, 1.0), erosion_mm=2.0)
+    assert split_bodies(mask, spacing=(1.0, 1.0, 1.0), erosion_mm=2.0)[1] == 2
+    # 3 mm voxels across the bridge: it is 6 mm wide, more than the 2 mm erosion takes away
+    assert split_bodies(mask, spacing=(1.0, 3.0, 3.0), erosion_mm=2.0)[1] == 1
+
+
+def test_split_bodies_gives_each_voxel_a_seed_of_its_own_piece():
+    mask = np.zeros((40, 20, 20), dtype=bool)
+    mask[2:14, 4:16, 4:16] = True                                       # body A
+    mask[20:32, 4:16, 4:16] = True                                      # body B
+    mask[14:18, 9, 9] = True                                            # a thin arm of A reaching towards B
+    parts, n = split_bodies(mask, erosion_mm=2.0)
     assert n == 2 and ((parts > 0) == mask).all()
+    assert len(np.unique(parts[2:18][mask[2:18]])) == 1
 
 
 def test_drops_the_extra_body_at_the_head_end():
@@ -85,8 +95,8 @@ def test_nothing_changes_with_the_expected_number_of_bodies_or_fewer():
 
 @pytest.mark.parametrize("width", [6, 10, 14])
 def test_two_bodies_joined_across_a_disc_are_counted_as_two(width):
-    # 6: split by a deeper erosion; 10 and 14 (a disc nearly as wide as the bodies): cut across the
-    # long axis at the waist
+    # a disc predicted as bone, 6 to 14 voxels wide (the bodies are 16): split by a deeper erosion
+    # or across the long axis at the waist
     pred = _stack([1] * 6, bridge={4: width})
     parts, n = split_bodies(pred > 0, erosion_mm=2.0)
     assert n == 5                                                       # the 2 mm erosion alone does not cut it
@@ -100,9 +110,26 @@ def test_two_bodies_joined_across_a_disc_are_counted_as_two(width):
 def test_one_body_is_never_cut():
     pred = _stack([1, 1, 1, 1, 1, 1])
     pred[4 + 5 * 14:4 + 5 * 14 + BODY + 8, 2:22, 2:22] = 1             # a large, convex last body
-    parts, n = split_bodies(pred > 0)
     out = keep_caudal_bodies(pred, 5)
     assert out[4:14].sum() == 0 and (out[18:] == pred[18:]).all()
+
+
+@pytest.mark.parametrize("length", [30, 42, 45, 48, 54])
+def test_a_long_box_at_sub_millimetre_spacing_is_not_cut(length):
+    from spineloss.postprocess import _split_across_axis
+    parts = np.zeros((length + 4, 14, 14), dtype=np.int32)
+    parts[2:2 + length, 2:12, 2:12] = 1
+    for spacing in ((0.7, 1.0, 1.0), (0.8, 1.0, 1.0), (0.5, 0.5, 0.5)):
+        assert _split_across_axis(parts.copy(), 1, 1, np.asarray(spacing)) == 1
+
+
+def test_a_partly_segmented_t12_above_five_bodies_is_removed():
+    pred = _stack([0, 1, 1, 1, 1, 1])
+    pred[10:14, 6:18, 6:18] = 1                                         # the lower third of T12
+    out = keep_caudal_bodies(pred, 5)
+    assert out[:14].sum() == 0 and (out[14:] == pred[14:]).all()
+    levels = keep_caudal_bodies(pred, 5, relabel=True)
+    assert (levels == _stack([0, 1, 2, 3, 4, 5])).all()
 
 
 def test_a_foreground_map_is_numbered_as_far_as_the_bodies_go():
@@ -145,7 +172,7 @@ def test_postprocess_config_validates_and_applies():
     cfg = PostprocessConfig.from_dict(PostprocessConfig(5, True).to_dict())
     assert (cfg.apply(pred, lumbar, (1.0, 1.0, 1.0)) == _stack([0, 1, 2, 3, 4, 5])).all()
     assert (PostprocessConfig().apply(pred, lumbar, (1.0, 1.0, 1.0)) is pred)
-    with pytest.raises(ValueError, match="caudal_bodies to the number of levels"):
+    with pytest.raises(ValueError, match="the model and its post-processing do not match"):
         PostprocessConfig(3, True).apply(pred, lumbar, (1.0, 1.0, 1.0))
 
 
@@ -157,3 +184,23 @@ def test_keep_caudal_bodies_rejects_bad_arguments():
         keep_caudal_bodies(pred, 0)
     with pytest.raises(ValueError, match="caudal_sign"):
         keep_caudal_bodies(pred, 5, caudal_sign=0)
+
+
+def test_checkpoints_without_postprocess_do_nothing():
+    from spineloss.training import checkpoint_postprocess
+    assert not checkpoint_postprocess({}).active
+    assert not checkpoint_postprocess({"inference": {"mirror_axes": []}}).active
+    assert checkpoint_postprocess({"inference": {"postprocess": {"caudal_bodies": 5}}}).caudal_bodies == 5
+    with pytest.raises(ValueError, match="inference.postprocess"):
+        checkpoint_postprocess({"inference": {"postprocess": {"caudal_bodies": "five"}}})
+    with pytest.raises(ValueError, match="inference.postprocess"):
+        checkpoint_postprocess({"inference": {"postprocess": {"levels": 5}}})
+
+
+def test_check_labels():
+    PostprocessConfig(5, True).check_labels(5)
+    PostprocessConfig(5, False).check_labels(3)
+    with pytest.raises(ValueError, match="set caudal_bodies = 4"):
+        PostprocessConfig(5, True).check_labels(4, "the data set")
+    with pytest.raises(ValueError, match="true or false"):
+        PostprocessConfig(5, "false")

@@ -119,6 +119,8 @@ class ExperimentConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"loss names must be unique (they name the result folders), repeated: {dupes}")
+        if self.postprocess.number_levels and self.data.label_mode != "multiclass":
+            raise ValueError("[postprocess] number_levels outputs levels: it needs [data] label_mode = 'multiclass'")
         if self.data.network_label_mode != self.data.label_mode and not self.postprocess.number_levels:
             raise ValueError("[data] train_label_mode = 'binary' trains a foreground network; the levels of "
                              "label_mode = 'multiclass' then come from counting the bodies: set [postprocess] "
@@ -249,6 +251,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
     num_classes = info.num_classes_for(network_mode)
     label_names = info.label_names(label_mode)
+    config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
     cases_by_id = {c.case_id: c for c in info.cases}
     t0 = time.perf_counter()
     prepared = prepare_cases(info, info.cases, config.preprocess, network_mode,
@@ -274,10 +277,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                        label_names=label_names, progress=progress, resume=resume,
                        postprocess=config.postprocess)
             model, ckpt = load_checkpoint(run_dir / "model.pt")
+            post = checkpoint_postprocess(ckpt)
+            if post != config.postprocess:
+                log.warning("%s was saved with postprocess %s, the config now asks for %s: evaluating with the "
+                            "checkpoint's (start a new output folder to train with the config's)",
+                            run_dir / "model.pt", post.to_dict(), config.postprocess.to_dict())
             metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
                                      labels=sorted(k for k in label_names if k > 0),
-                                     mirror_axes=checkpoint_mirror_axes(ckpt),
-                                     postprocess=checkpoint_postprocess(ckpt))
+                                     mirror_axes=checkpoint_mirror_axes(ckpt), postprocess=post)
+            metrics["postprocess"] = post.to_dict()
             metrics["train_seconds"] = time.perf_counter() - t
             write_json(run_dir / "metrics.json", metrics)
             mean = metrics["mean"].get("mean", {})

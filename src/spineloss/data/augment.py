@@ -77,7 +77,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mirror_axes", check_mirror_axes(self.mirror_axes, "augment.mirror_axes"))
-        if isinstance(self.rotation, (int, float)):
+        if np.ndim(self.rotation) == 0:
             object.__setattr__(self, "rotation", float(self.rotation))
         else:
             angles = tuple(float(r) for r in self.rotation)
