@@ -57,14 +57,14 @@ def run_spineloss(minutes: float, label_mode: str, data_dir=lc.DEFAULT_DATA, con
     config = load_config(config_path or REPO / "configs" / f"lumbar_{label_mode}.toml")
     train_cfg = dataclasses.replace(config.training, seed=seed)
     post = config.postprocess if postprocess else PostprocessConfig()
-    if (config.data.train_label_mode or label_mode) != label_mode and not post.number_levels:
+    network_mode = config.data.train_label_mode or label_mode     # a foreground network for levels: counting
+    if network_mode != label_mode and not post.number_levels:
         raise SystemExit(f"the config trains a {config.data.train_label_mode} network and numbers the levels in "
                          "post-processing; it cannot be scored in multiclass mode without it (drop --no-postprocess)")
     t_start = time.perf_counter()
     data_dir = lc.resolve_data_dir(data_dir)
     info = read_dataset(data_dir)
     train_cases, val_cases = lc.lumbar_split(data_dir, n_val=n_val)
-    network_mode = config.data.train_label_mode or label_mode     # a foreground network for levels: counting
     if post.number_levels:
         post.check_labels(info.num_classes_for("multiclass") - 1, f"the data set {data_dir}")
     num_classes = info.num_classes_for(network_mode)

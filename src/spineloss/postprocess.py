@@ -317,10 +317,10 @@ def _split_across_axis(parts: np.ndarray, piece: int, n: int, spacing: np.ndarra
     Two bodies fused through a disc predicted as bone are longer along the spine than across it:
     the long axis is the first principal axis of the voxel positions (in mm). The section profile
     along it (bins of one voxel's extent along the axis, so that along a grid axis each bin holds
-    one row of voxels, never none or two; then a moving average over ``smooth_mm``) is cut at its least value between the
-    ``middle`` fractions of the cumulative volume (the disc, not the end plates), provided that is a
-    waist: at most ``max_dip`` times the largest section on either side. A single body, convex,
-    has no such waist and stays whole. Returns the new count.
+    one row of voxels, never none or two; then a moving average over ``smooth_mm``) is cut at its
+    least value between the ``middle`` fractions of the cumulative volume (the disc, not the end
+    plates), provided that is a waist: at most ``max_dip`` times the largest section on either
+    side. A single body, convex, has no such waist and stays whole. Returns the new count.
     """
     box = _bounding_box(parts == piece)
     mask = parts[box] == piece
@@ -333,11 +333,10 @@ def _split_across_axis(parts: np.ndarray, piece: int, n: int, spacing: np.ndarra
     t = centred @ vt[0]
     width = float(np.abs(vt[0]) @ spacing)                        # one voxel's extent along the axis
     bins = np.floor((t - t.min()) / width + 0.5).astype(np.int64)  # + 0.5: rows on bin centres, not edges
-    profile = np.bincount(bins).astype(np.float64)
+    counts = np.bincount(bins)
+    cumulative = np.cumsum(counts) / len(t)
     k = max(1, int(round(smooth_mm / width)))
-    if k > 1:
-        profile = np.convolve(profile, np.ones(k) / k, mode="same")
-    cumulative = np.cumsum(np.bincount(bins)) / len(t)
+    profile = np.convolve(counts, np.ones(k) / k, mode="same") if k > 1 else counts.astype(np.float64)
     lo, hi = int(np.searchsorted(cumulative, middle[0])), int(np.searchsorted(cumulative, middle[1]))
     if hi - lo < 2:
         return n
