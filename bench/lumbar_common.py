@@ -219,10 +219,11 @@ def resample_scores_to_original(scores, original_shape: Sequence[int], index_sca
 # --------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------
-def _dice(tp: float, n_ref: float, n_pred: float) -> float:
-    """``2 tp / (|ref| + |pred|)``; both empty -> 1."""
-    denom = n_ref + n_pred
-    return 1.0 if denom == 0 else 2.0 * tp / denom
+def _dice(tp: int, n_ref: int, n_pred: int) -> float:
+    """The Dice of :func:`spineloss.metrics.overlap_metrics` (the one the tables report) from counts:
+    ``2 tp / (|ref| + |pred|)``; both empty -> 1."""
+    from spineloss.metrics import overlap_metrics
+    return overlap_metrics(tp, n_pred - tp, n_ref - tp, 0)["dice"]
 
 
 def evaluate(predict_fn: Callable[[Case], np.ndarray], val_cases: Sequence[Case], label_mode: str,

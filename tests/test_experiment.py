@@ -91,3 +91,18 @@ def test_readme_config_example_is_a_valid_config():
     config = config_from_dict(tomllib.loads(block))
     assert config.model.bottleneck_blocks == 0 and config.augment.affine_padding == "minimum"
     assert config.losses and config.training.patch_size == (112, 112, 48)
+    assert config.selection == "last" and config.inner_val_fraction == 0.2
+    # every loss of the example builds and gives a finite value (the weighted sum with its distance maps)
+    import torch
+
+    from spineloss.losses.distance_maps import signed_distance_maps_torch
+    logits = torch.randn(2, 6, 8, 8, 8, requires_grad=True)
+    target = torch.randint(0, 6, (2, 1, 8, 8, 8))
+    assert [s.name for s in config.losses][-1] == "dice_boundary"
+    for spec in config.losses:
+        loss = spec.build((2.0, 2.0, 2.0))
+        if getattr(loss, "needs_distance_maps", False):
+            value = loss(logits, target, dist_map=signed_distance_maps_torch(target, 6, spacing=(2.0, 2.0, 2.0)))
+        else:
+            value = loss(logits, target)
+        assert torch.isfinite(value), spec.name

@@ -16,7 +16,6 @@ from spineloss.data.layout import (
     DatasetInfo,
     check_dataset,
     load_case,
-    main_check,
     read_dataset,
     run_check,
     spacing_from_affine,
@@ -522,20 +521,19 @@ def test_validate_fatal_problem_is_reported_not_raised(tmp_path):
 
 def test_run_check_good_and_bad(tmp_path, capsys):
     good = make_nnunet(tmp_path / "good")
-    assert main_check([str(good)]) == 0
+    assert run_check(good) == 0
     out = capsys.readouterr().out
     assert "Cases: 3" in out and "OK" in out
 
     bad = make_broken(tmp_path / "bad")
-    assert run_check(bad) == 1
+    assert run_check(bad) == 2  # an error in what the user gave: exit status 2, as documented
     captured = capsys.readouterr()
     assert "FAILED: 5 problem(s)" in captured.err
     for name in ("case_000_0000", "case_001_0000", "case_002.nii", "case_003.nii"):
         assert name in captured.err
 
-    assert main_check([str(tmp_path / "nowhere")]) == 1
-    assert main_check([]) == 2  # usage error returns instead of exiting
-    capsys.readouterr()
+    assert run_check(tmp_path / "nowhere") == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

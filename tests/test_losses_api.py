@@ -69,7 +69,8 @@ def test_build_loss_by_name_and_config():
     (lambda: build_loss({"dice": 1.0}, spacing=(1, 1, 1)), "accepted by none of the terms"),
     (lambda: build_loss({"dice": -1.0}), "weight.dice"),
     (lambda: build_loss({}), "non-empty"),
-    (lambda: build_loss({"dice": 1.0}, reduction="none"), "reduction"),
+    (lambda: build_loss({"dice": 1.0}, reduction="avg"), "reduction"),
+    (lambda: build_loss({"dice": 1.0, "hausdorff": 1.0}, reduction="none")(*blobs()), "do not broadcast"),
     (lambda: build_loss({"dice": {"activation": "sigmoid"}}), "set it on the sum"),
     (lambda: build_loss(3), "must be a string"),
 ])

@@ -9,6 +9,11 @@ Intended differences, tested as such:
   the softmax focal loss. With ``activation="sigmoid"`` (multi-label) both agree exactly.
 * Boundary loss: MONAI's map is Kervadec's (inside: ``-(edt - 1)``), ours is ``phi`` plus an inside offset
   that defaults to one voxel (the smallest spacing), so at unit spacing the values agree exactly.
+
+Not differences (any more): focal ``reduction="sum"`` is MONAI's (the voxel mean of each item and class,
+summed); MONAI's ``sigmoid=False, softmax=False`` / ``other_act`` and the compounds' ``reduction="none"`` are
+supported with MONAI's meaning. MONAI's own unit-test cases, with the remaining documented differences
+(defaults, ``smooth_dr = 0``, DiceCE's ``pos_weight``, "none" shapes), run in ``test_losses_monai_cases.py``.
 """
 
 from __future__ import annotations

@@ -6,19 +6,25 @@ import pytest
 from spineloss.report import Cell, collect_results, format_latex, format_markdown, format_terminal, summary_rows, write_summary
 
 
-def _fold(dice, hd, nan_hd=0):
-    m = {"accuracy": 0.99, "dice": dice, "f2": dice, "iou": dice / 2, "precision": dice, "recall": dice,
-         "hd": hd, "hd95": hd / 2, "assd": 1.0}
-    return {"mean": {"mean": m}, "nan_counts": {"mean": {"hd": nan_hd}}}
+def _metrics(dice, hd):
+    return {"accuracy": 0.99, "dice": dice, "f2": dice, "iou": dice / 2, "precision": dice, "recall": dice,
+            "hd": hd, "hd95": hd / 2, "assd": 1.0}
 
 
-def _run(tmp_path):
-    for loss, folds in {"ce": [(0.80, 10.0), (0.82, 12.0)], "dice": [(0.90, 8.0, 1), (0.86, 20.0)]}.items():
+def _fold(dice, hd, nan_hd=0, fold=0, loss="ce"):
+    """A fold's metrics.json: its mean, and 8 test cases (ce's Dice 0.08 below dice's on every case)."""
+    cases = {f"case{fold}_{i}": {"mean": _metrics(dice + 0.01 * ((i * 7) % 5 - 2), hd + i)} for i in range(8)}
+    return {"mean": {"mean": _metrics(dice, hd)}, "nan_counts": {"mean": {"hd": nan_hd}}, "cases": cases}
+
+
+def _run(tmp_path, settings=None):
+    for loss, folds in {"ce": [(0.80, 10.0), (0.82, 12.0)], "dice": [(0.88, 8.0, 1), (0.90, 20.0)]}.items():
         for k, f in enumerate(folds):
             d = tmp_path / loss / f"fold{k}"
             d.mkdir(parents=True)
-            (d / "metrics.json").write_text(json.dumps(_fold(*f)))
-    (tmp_path / "experiment.json").write_text(json.dumps({"losses": [{"name": "dice"}, {"name": "ce"}]}))
+            (d / "metrics.json").write_text(json.dumps(_fold(*f, fold=k, loss=loss)))
+    (tmp_path / "experiment.json").write_text(json.dumps({"losses": [{"name": "dice"}, {"name": "ce"}],
+                                                          **(settings or {})}))
     return tmp_path
 
 
@@ -34,18 +40,18 @@ def test_rows_best_and_formats(tmp_path):
     results = collect_results(_run(tmp_path))
     assert list(results) == ["dice", "ce"]  # the config's order
     rows = summary_rows(results)
-    assert rows["dice"]["Dice"].mean == pytest.approx(88.0)
+    assert rows["dice"]["Dice"].mean == pytest.approx(89.0)
     assert rows["ce"]["Hausdorff"].mean == pytest.approx(11.0)
     assert rows["dice"]["Hausdorff"].nan_cases == 1
     md = format_markdown(rows)
-    assert "**88.00 ± (2.83)**" in md              # best Dice: dice
+    assert "**89.00 ± (1.41)**" in md              # best Dice: dice
     assert "**11.00 ± (1.41)**" in md              # best (lowest) Hausdorff: ce
     assert "[1 NaN]" in md
     assert md.splitlines()[0].startswith("| Loss | Acc (%) | Dice (%) | F2 (%) | IoU (%) | Precision (%) | Recall (%) | Hausdorff (mm)")
     tex = format_latex(rows)
-    assert r"\textbf{88.00 $\pm$ (2.83)}" in tex and r"\toprule" in tex
+    assert r"\textbf{89.00 $\pm$ (1.41)}" in tex and r"\toprule" in tex
     term = format_terminal(rows, color=False)
-    assert "*88.00 ± (2.83)*" in term
+    assert "*89.00 ± (1.41)*" in term
 
 
 def test_write_summary_files(tmp_path):
@@ -55,6 +61,22 @@ def test_write_summary_files(tmp_path):
     csv_text = (run / "summary.csv").read_text().splitlines()
     assert csv_text[0].startswith("loss,Acc_mean,Acc_std,Acc_folds")
     assert "HD95" in text
+
+
+def test_significance_daggers_and_protocol_note(tmp_path):
+    """ce is 0.08 Dice below dice on each of the 16 paired cases: significant, so its Dice cell has a
+    dagger; its HD95 is lower than dice's on most cases (it is the best there), so dice's HD95 cell does."""
+    run = _run(tmp_path, {"table_distance": "hd95", "protocol": "PROTOCOL SENTENCE."})
+    write_summary(run)  # the distance column defaults to the run's table_distance
+    md = (run / "summary.md").read_text()
+    ce = next(line for line in md.splitlines() if line.startswith("| ce |")).split(" | ")
+    dice = next(line for line in md.splitlines() if line.startswith("| dice |")).split(" | ")
+    assert ce[2].endswith("†") and not dice[2].endswith("†")            # Dice column
+    assert "HD95" in md.splitlines()[0]
+    assert "PROTOCOL SENTENCE." in md and "Holm" in md
+    assert r"$^\dagger$" in (run / "summary.tex").read_text()
+    stats = (run / "stats.csv").read_text()
+    assert "dice,mean,ce,dice" in stats and "hd95,mean" in stats
 
 
 def test_empty_run_is_an_error(tmp_path):

@@ -1,10 +1,11 @@
 """The ``spineloss`` command line.
 
-    spineloss demo [--quick] [--out DIR]                 the main job on built-in synthetic data
-    spineloss experiment CONFIG.toml [--out DIR]         every (loss, fold) of a config, then the table
+    spineloss demo [--quick] [--out DIR] [--seed S] [--no-resume]   the main job on built-in synthetic data
+    spineloss experiment CONFIG.toml [--out DIR] [--data DIR] [--losses a,b] [--force]
+                                                         every (loss, fold) of a config, then the table
     spineloss report RUN_DIR [--distance hd|hd95]        (re)write and print the table of a run
-    spineloss predict --model MODEL.pt --input IMG.nii.gz --output SEG.nii.gz
-    spineloss data phantom --region lumbar|cervical --cases N --out DIR [--seed S] [--shape D H W]
+    spineloss predict --model MODEL.pt --input IMG.nii.gz [IMG2 ...] --output SEG.nii.gz [--device auto|cpu|cuda]
+    spineloss data phantom [--region lumbar|cervical] [--cases N] --out DIR [--seed S] [--shape D H W]
     spineloss data check DIR                             validate a data set, print its summary
 
 Errors in the user's input (a bad config, a bad data set) print one clear message and exit 2.
@@ -27,7 +28,7 @@ def _cmd_demo(args) -> int:
     config = demo_config(quick=args.quick, seed=args.seed)
     out = Path(args.out or f"runs/{config.name}")
     t0 = time.perf_counter()
-    table = run_experiment(config, out, progress=not args.no_progress, resume=args.resume)
+    table = run_experiment(config, out, progress=not args.no_progress, resume=args.resume, force=args.force)
     print("\n" + table)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {out}/ "
           f"(summary.md, summary.csv, summary.tex)")
@@ -37,7 +38,12 @@ def _cmd_demo(args) -> int:
 def _cmd_experiment(args) -> int:
     from .experiment import load_config, run_experiment
     config = load_config(args.config)
-    table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume,
+    if args.data:
+        import dataclasses
+        if not Path(args.data).is_dir():
+            raise ValueError(f"--data {args.data}: no such folder")
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=args.data, phantom=None))
+    table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume, force=args.force,
                            only_losses=args.losses.split(",") if args.losses else None)
     print("\n" + table)
     return 0
@@ -75,47 +81,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="3 losses x 3 folds on built-in synthetic lumbar MRI")
-    p.add_argument("--quick", action="store_true", help="tiny volumes, under a minute (smoke test)")
+    p.add_argument("--quick", action="store_true", help="tiny volumes, well under a minute (smoke test)")
     p.add_argument("--out", help="output folder (default runs/demo or runs/demo_quick)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue interrupted runs (default) or restart them (--no-resume)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun finished runs whose recorded config differs (default: stop and say what changed)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("experiment", help="run every (loss, fold) of a TOML config")
     p.add_argument("config", help="the experiment's TOML file (see configs/)")
     p.add_argument("--out", help="output folder (default: [experiment] output, else runs/<name>)")
     p.add_argument("--losses", help="comma-separated subset of the config's loss names")
+    p.add_argument("--data", help="the data set folder, instead of the config's [data] path or phantom")
+    p.add_argument("--force", action="store_true",
+                   help="rerun finished runs whose recorded config differs from this one (their results "
+                        "are deleted); without it the command stops and names what changed")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted (loss, fold) from its last.pt (default); --no-resume "
                         "restarts it from scratch. Finished runs (metrics.json) are never run again.")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="write and print the results table of a run folder")
     p.add_argument("run_dir")
-    p.add_argument("--distance", choices=["hd", "hd95"], default="hd",
-                   help="the Hausdorff column: maximum (hd) or 95th percentile (hd95)")
+    p.add_argument("--distance", choices=["hd", "hd95"], default=None,
+                   help="the Hausdorff column: maximum (hd) or 95th percentile (hd95); default: the run's "
+                        "[experiment] table_distance")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("predict", help="segment one image with a trained model")
     p.add_argument("--model", required=True, help="a model.pt written by training")
     p.add_argument("--input", required=True, nargs="+", help="the image (one file per channel)")
     p.add_argument("--output", required=True, help="the label map to write (.nii.gz)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the network runs: auto (default) = CUDA when available, else the CPU")
     p.set_defaults(func=_cmd_predict)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("phantom", help="write a synthetic spine MRI data set (nnU-Net v2 layout)")
-    p.add_argument("--region", choices=["lumbar", "cervical"], default="lumbar")
-    p.add_argument("--cases", type=int, default=10)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 40], metavar=("D", "H", "W"))
+    p.add_argument("--region", choices=["lumbar", "cervical"], default="lumbar",
+                   help="L1-L5 (default) or C1-C7")
+    p.add_argument("--cases", type=int, default=10, metavar="N", help="number of cases (default 10)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the data set folder to write")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="the same seed gives the same volumes")
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 40], metavar=("D", "H", "W"),
+                   help="volume size in voxels (default 96 96 40)")
     p.set_defaults(func=_cmd_phantom)
-    p = data.add_parser("check", help="validate a data set and print its summary")
-    p.add_argument("dir")
+    p = data.add_parser("check", help="validate a data set and print its summary",
+                        description="Validate a data set and print its summary; every problem is listed "
+                                    "with its file, and the exit status is 2 when there is any.")
+    p.add_argument("dir", metavar="DIR", help="nnU-Net v2 or MSD data set folder (holding dataset.json)")
     p.set_defaults(func=_cmd_check)
     return parser
 

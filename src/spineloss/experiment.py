@@ -2,17 +2,30 @@
 
 A TOML config names the data, the preprocessing, the model, the training, the augmentation and the
 losses (see ``configs/`` and the README). :func:`run_experiment` validates the data set, splits the
-cases into ``folds`` folds with a seeded permutation, preprocesses every case once (cached), then for
-each loss and fold trains a model and evaluates it on the fold's held-out cases at their original
-voxel grid, writing::
+cases into ``folds`` outer folds with a seeded permutation, preprocesses every case once (cached), then
+for each loss and fold trains a model on the fold's training cases and scores it once on its test
+cases at their original voxel grid.
 
-    <out>/<loss>/fold<k>/history.csv   per-epoch loss, validation Dice, learning rate
-    <out>/<loss>/fold<k>/model.pt      best checkpoint (by validation Dice), usable by `spineloss predict`
-    <out>/<loss>/fold<k>/metrics.json  per-case metrics and their means (written last: marks the run done)
-    <out>/summary.{md,csv,tex}         the results table
+The protocol (every table stands on it): a fold's test cases choose nothing. With
+``[experiment] selection = "last"`` (the default, as nnU-Net) the scored model is the last epoch's;
+with ``"inner"`` the checkpoint is the epoch with the best Dice on an inner validation split
+(``inner_val_fraction`` of the fold's training cases, seeded by ``(seed, fold)``, not trained on).
+The post-processing (``[postprocess]``) is part of the config, fixed before the grid runs. Written::
 
-A (loss, fold) with a ``metrics.json`` is not run again; one interrupted mid-way resumes from its
-``last.pt``. The same seed gives the same folds and, on the CPU, the same numbers.
+    <out>/experiment.json                the resolved config and the protocol
+    <out>/folds.json                     per fold: train, inner_val and test case ids
+    <out>/<loss>/fold<k>/run.json        the run's config (written when it starts)
+    <out>/<loss>/fold<k>/history.csv     per-epoch loss, inner-validation Dice, learning rate
+    <out>/<loss>/fold<k>/model.pt        the scored checkpoint, usable by `spineloss predict`
+    <out>/<loss>/fold<k>/predictions/    each test case's label map (original grid, .nii.gz)
+    <out>/<loss>/fold<k>/cases.csv       every metric of every test case, per label and foreground
+    <out>/<loss>/fold<k>/metrics.json    the same, their means, the config (written last: marks it done)
+    <out>/<loss>/pictures/               the best and the worst test case of the loss (PNG)
+    <out>/summary.{md,csv,tex}, stats.csv  the results table and the paired tests behind its daggers
+
+A (loss, fold) with a ``metrics.json`` is reused only when its recorded config equals the current
+one (else the run stops and names what changed; ``--force`` reruns); one interrupted mid-way resumes
+from its ``last.pt``. The same seed gives the same folds and, on the CPU, the same numbers.
 """
 from __future__ import annotations
 
@@ -35,6 +48,23 @@ from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, checkpo
 __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
 
 log = logging.getLogger("spineloss.experiment")
+
+
+#: ``[experiment] selection``: how the model that is scored is chosen.
+SELECTION_RULES = {
+    "last": "no selection: the model after the last epoch",
+    "inner": "the epoch with the best Dice on an inner validation split drawn (seeded) from the fold's "
+             "training cases",
+}
+
+
+def protocol_text(selection: str, inner_val_fraction: float) -> str:
+    """The evaluation protocol in one sentence, for results files and the README."""
+    rule = ("no selection (the model after the last epoch)" if selection == "last" else
+            f"the epoch with the best inner-validation Dice ({inner_val_fraction:.0%} of each fold's training "
+            "cases, seeded, held out of training)")
+    return ("Each case is scored once, as a test case of the outer fold that did not train on it; test cases "
+            f"choose nothing. Checkpoint: {rule}.")
 
 
 @dataclass(frozen=True)
@@ -104,6 +134,8 @@ class ExperimentConfig:
     seed: int = 0
     output: str | None = None
     table_distance: str = "hd"
+    selection: str = "last"
+    inner_val_fraction: float = 0.2
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
     training: TrainConfig = TrainConfig()
@@ -127,6 +159,14 @@ class ExperimentConfig:
                              "caudal_bodies = <number of levels> and number_levels = true")
         if self.table_distance not in ("hd", "hd95"):
             raise ValueError(f"[experiment] table_distance must be 'hd' or 'hd95', got {self.table_distance!r}")
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(f"[experiment] selection must be one of {sorted(SELECTION_RULES)}, got {self.selection!r}")
+        if not 0.0 < float(self.inner_val_fraction) < 1.0:
+            raise ValueError(f"[experiment] inner_val_fraction must be in (0, 1), got {self.inner_val_fraction!r}")
+
+    def protocol(self) -> str:
+        """One sentence: which cases are scored and which (if any) chose the checkpoint."""
+        return protocol_text(self.selection, self.inner_val_fraction)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -177,13 +217,14 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; known: experiment, losses, {sorted(allowed)}")
     seed = int(exp.get("seed", 0))
-    known_exp = {"name", "folds", "seed", "output", "table_distance"}
+    known_exp = {"name", "folds", "seed", "output", "table_distance", "selection", "inner_val_fraction"}
     if set(exp) - known_exp:
         raise ValueError(f"[experiment] unknown key(s) {sorted(set(exp) - known_exp)}; known: {sorted(known_exp)}")
     return ExperimentConfig(
         name=str(exp.get("name", "experiment")), data=_section(DataConfig, raw.get("data"), "data"),
         losses=losses, folds=int(exp.get("folds", 3)), seed=seed, output=exp.get("output"),
-        table_distance=exp.get("table_distance", "hd"),
+        table_distance=exp.get("table_distance", "hd"), selection=str(exp.get("selection", "last")),
+        inner_val_fraction=float(exp.get("inner_val_fraction", 0.2)),
         preprocess=_section(PreprocessConfig, raw.get("preprocess"), "preprocess"),
         model=_section(ModelConfig, raw.get("model"), "model"),
         training=_section(TrainConfig, raw.get("training"), "training", seed=seed),
@@ -207,7 +248,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def make_folds(case_ids: Sequence[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Seeded k-fold split: ``[(train_ids, val_ids), ...]``; every case is validated exactly once.
+    """Seeded k-fold split: ``[(train_ids, test_ids), ...]``; every case is a test case exactly once.
 
     The sorted ids are permuted with ``numpy.random.default_rng(seed)`` and cut into ``folds`` nearly
     equal parts (``numpy.array_split``), so the same ids and seed always give the same folds.
@@ -218,6 +259,45 @@ def make_folds(case_ids: Sequence[str], folds: int, seed: int) -> list[tuple[lis
     order = np.random.default_rng(seed).permutation(len(ids))
     parts = [sorted(ids[i] for i in part) for part in np.array_split(order, folds)]
     return [([c for j, p in enumerate(parts) if j != k for c in p], parts[k]) for k in range(folds)]
+
+
+def inner_split(train_ids: Sequence[str], fraction: float, seed: int, fold: int) -> tuple[list[str], list[str]]:
+    """``(fit_ids, inner_val_ids)``: ``round(fraction * n)`` of a fold's training cases (at least one,
+    and at least one left to train on) held out for checkpoint selection, drawn with
+    ``numpy.random.default_rng([seed, fold])`` from the sorted ids. Test cases never enter: the
+    function sees only ``train_ids``."""
+    ids = sorted(train_ids)
+    if len(ids) < 2:
+        raise ValueError(f"an inner validation split needs at least 2 training cases per fold, got {len(ids)}; "
+                         "use [experiment] selection = \"last\"")
+    n_val = min(max(1, int(round(fraction * len(ids)))), len(ids) - 1)
+    chosen = set(np.random.default_rng([seed, fold]).choice(len(ids), size=n_val, replace=False).tolist())
+    return [c for i, c in enumerate(ids) if i not in chosen], [c for i, c in enumerate(ids) if i in chosen]
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The cases of one outer fold: ``train`` fits the network, ``inner_val`` (a part of the fold's
+    training cases, empty without selection) chooses the checkpoint, ``test`` is scored once."""
+
+    fold: int
+    train: tuple[str, ...]
+    inner_val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"fold": self.fold, "train": list(self.train), "inner_val": list(self.inner_val),
+                "test": list(self.test)}
+
+
+def fold_splits(config: ExperimentConfig, case_ids: Sequence[str]) -> list[FoldSplit]:
+    """The experiment's outer folds and, with ``selection = "inner"``, each fold's inner split."""
+    out = []
+    for k, (train_ids, test_ids) in enumerate(make_folds(case_ids, config.folds, config.seed)):
+        fit, inner = (inner_split(train_ids, config.inner_val_fraction, config.seed, k)
+                      if config.selection == "inner" else (train_ids, []))
+        out.append(FoldSplit(k, tuple(fit), tuple(inner), tuple(test_ids)))
+    return out
 
 
 def resolve_data(config: ExperimentConfig, out_dir: Path) -> Path:
@@ -235,17 +315,148 @@ def resolve_data(config: ExperimentConfig, out_dir: Path) -> Path:
     return target
 
 
+#: Config entries that change how fast or where a run goes, not its numbers: left out of the comparison
+#: that decides whether a finished run can be reused.
+_NOT_COMPARED = {"name", "output", "table_distance", "data.path", "data.cache", "training.num_workers",
+                 "training.threads"}
+
+
+def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit) -> dict:
+    """Everything that determines the numbers of one (loss, fold) run: the resolved config with this
+    loss only, and the fold's case ids. A finished run is reused only when this is unchanged."""
+    d = config.to_dict()
+    d.pop("losses")
+    d["loss"] = asdict(spec)
+    d["split"] = split.to_dict()
+    flat = _flatten(d)
+    return {k: v for k, v in flat.items() if k not in _NOT_COMPARED}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name not in ("loss.params", "data.phantom"):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = json.loads(json.dumps(value, default=float))  # tuples -> lists, as read back
+    return out
+
+
+def config_differences(recorded: dict | None, current: dict) -> list[str]:
+    """``["training.epochs: 16 -> 20", ...]``: what differs between a run's recorded config and now."""
+    if recorded is None:
+        return ["the run was recorded without its config (an older spineloss)"]
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
+        if old != new:
+            if key == "split.train" or key.startswith("split.") and isinstance(old, list):
+                out.append(f"{key}: the cases differ")
+            else:
+                out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def _recorded_run_config(run_dir: Path) -> tuple[bool, dict | None]:
+    """``(something recorded, its run_config)`` from ``metrics.json`` or ``run.json``."""
+    for name in ("metrics.json", "run.json"):
+        path = run_dir / name
+        if path.exists():
+            return True, json.loads(path.read_text()).get("run_config")
+    return (run_dir / "last.pt").exists() or (run_dir / "model.pt").exists(), None
+
+
+def _check_reruns(out_dir: Path, plan, force: bool) -> None:
+    """Refuse (or, with ``force``, clear) runs whose recorded config differs from the current one."""
+    import shutil
+    changed = []
+    for spec, split, current in plan:
+        run_dir = out_dir / spec.name / f"fold{split.fold}"
+        present, recorded = _recorded_run_config(run_dir)
+        if not present:
+            continue
+        diffs = config_differences(recorded, current)
+        if diffs:
+            if force:
+                shutil.rmtree(run_dir)
+            else:
+                changed.append(f"  {spec.name} fold {split.fold}: " + "; ".join(diffs[:6])
+                               + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""))
+    if changed:
+        raise ValueError(f"{out_dir} holds runs made with another config:\n" + "\n".join(changed)
+                         + "\nRerun them with --force (their results are deleted), or use another --out folder.")
+
+
+def _write_cases_csv(path: Path, per_case: dict) -> None:
+    """``cases.csv``: one row per test case, a column per (metric, label): ``dice_1``, ``hd_foreground``,
+    ``dice_mean``, ... (labels as in ``metrics.json``; NaN written as ``nan``)."""
+    import csv
+    import io
+    from .metrics import METRIC_NAMES
+    keys = sorted({k for m in per_case.values() for k in m}, key=lambda k: (not k.isdigit(), int(k) if k.isdigit()
+                                                                          else 0, k))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case"] + [f"{m}_{k}" for k in keys for m in METRIC_NAMES])
+    for case_id in sorted(per_case):
+        row = per_case[case_id]
+        writer.writerow([case_id] + [repr(float(row.get(k, {}).get(m, float("nan")))) for k in keys
+                                     for m in METRIC_NAMES])
+    from .training import _atomic_write_text
+    _atomic_write_text(path, buf.getvalue())
+
+
+def write_pictures(out_dir: Path, info, label_mode: str) -> list[Path]:
+    """For each loss of a run folder, the best and the worst test case by Dice (over its finished folds):
+    three orthogonal slices with the ground truth and the prediction outlined, in
+    ``<loss>/pictures/{best,worst}_<case>.png``."""
+    import nibabel as nib
+    from .data.layout import load_case, spacing_from_affine, to_label_mode
+    from .report.pictures import best_and_worst, render_case
+    cases = {c.case_id: c for c in info.cases}
+    written = []
+    for loss_dir in sorted(p for p in out_dir.iterdir() if p.is_dir() and any(p.glob("fold*/metrics.json"))):
+        scores, where = {}, {}
+        for metrics_path in sorted(loss_dir.glob("fold*/metrics.json")):
+            for case_id, m in json.loads(metrics_path.read_text())["cases"].items():
+                scores[case_id], where[case_id] = float(m["mean"]["dice"]), metrics_path.parent
+        pictures = loss_dir / "pictures"
+        pictures.mkdir(exist_ok=True)
+        for old in pictures.glob("*.png"):
+            old.unlink()
+        best, worst = best_and_worst(scores)
+        for kind, case_id in (("best", best), ("worst", worst)):
+            pred_path = where[case_id] / "predictions" / f"{case_id}.nii.gz"
+            if case_id not in cases or not pred_path.exists():
+                log.warning("no prediction or data for %s: no picture", case_id)
+                continue
+            image, label, affine = load_case(cases[case_id], info)
+            reference = to_label_mode(np.rint(label).astype(np.int64), label_mode)
+            prediction = np.asarray(nib.load(str(pred_path)).dataobj)
+            spacing = spacing_from_affine(affine)
+            title = f"{loss_dir.name}: {kind} test case {case_id} (Dice {scores[case_id]:.3f}, {where[case_id].name})"
+            written.append(render_case(image, reference, prediction, spacing, pictures / f"{kind}_{case_id}.png",
+                                       title=title))
+    return written
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
                    progress: bool = True, only_losses: Sequence[str] | None = None,
-                   resume: bool = True) -> str:
-    """Run every (loss, fold) not yet finished, then write and return the summary table."""
+                   resume: bool = True, force: bool = False, pictures: bool = True) -> str:
+    """Run every (loss, fold) not yet finished, then write and return the summary table.
+
+    A finished run is reused only when its recorded :func:`run_config` equals the current one;
+    otherwise nothing runs and a ``ValueError`` names what changed (``force=True`` deletes and reruns
+    those runs). ``progress``: one updating progress line for the grid (:mod:`spineloss.progress`).
+    """
     from .data.layout import check_dataset
     from .data.loader import prepare_cases
+    from .progress import GridProgress
     from .report import write_summary
 
     out_dir = Path(out_dir or config.output or f"runs/{config.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "experiment.json", config.to_dict())
     data_dir = resolve_data(config, out_dir)
     info = check_dataset(data_dir)
     label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
@@ -253,42 +464,76 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     label_names = info.label_names(label_mode)
     config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
     cases_by_id = {c.case_id: c for c in info.cases}
+    splits = fold_splits(config, list(cases_by_id))
+    specs = [s for s in config.losses if only_losses is None or s.name in only_losses]
+    if only_losses is not None and len(specs) != len(set(only_losses)):
+        unknown = sorted(set(only_losses) - {s.name for s in config.losses})
+        raise ValueError(f"--losses names {unknown}, which the config does not have; it has "
+                         f"{[s.name for s in config.losses]}")
+    plan = [(spec, split, run_config(config, spec, split)) for spec in specs for split in splits]
+    _check_reruns(out_dir, plan, force)
+    full_config = json.loads(json.dumps(config.to_dict(), default=float))
+    write_json(out_dir / "experiment.json", {**full_config, "protocol": config.protocol()})
+    write_json(out_dir / "folds.json", [s.to_dict() for s in splits])
+
     t0 = time.perf_counter()
     prepared = prepare_cases(info, info.cases, config.preprocess, network_mode,
                              cache_dir=config.data.cache or out_dir / "cache")
     prepared = {p.case_id: p for p in prepared}
     log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
-    splits = make_folds(list(cases_by_id), config.folds, config.seed)
-    write_json(out_dir / "folds.json", [{"train": tr, "val": va} for tr, va in splits])
-    specs = [s for s in config.losses if only_losses is None or s.name in only_losses]
-    for spec in specs:
-        for k, (train_ids, val_ids) in enumerate(splits):
-            run_dir = out_dir / spec.name / f"fold{k}"
-            if (run_dir / "metrics.json").exists():
-                print(f"[{spec.name} fold {k}] done already, skipped", flush=True)
-                continue
-            print(f"[{spec.name} fold {k}] training on {len(train_ids)} cases, validating on "
-                  f"{len(val_ids)}", flush=True)
-            t = time.perf_counter()
-            train_cases = [prepared[i] for i in train_ids]
-            train_fold(train_cases, [prepared[i] for i in val_ids], spec.build(train_cases[0].spacing),
-                       num_classes, run_dir, model_config=config.model, train_config=config.training,
-                       augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
-                       label_names=label_names, progress=progress, resume=resume,
-                       postprocess=config.postprocess)
-            model, ckpt = load_checkpoint(run_dir / "model.pt")
-            post = checkpoint_postprocess(ckpt)
-            if post != config.postprocess:
-                log.warning("%s was saved with postprocess %s, the config now asks for %s: evaluating with the "
-                            "checkpoint's (start a new output folder to train with the config's)",
-                            run_dir / "model.pt", post.to_dict(), config.postprocess.to_dict())
-            metrics = evaluate_cases(model, [prepared[i] for i in val_ids], label_mode,
-                                     labels=sorted(k for k in label_names if k > 0),
-                                     mirror_axes=checkpoint_mirror_axes(ckpt), postprocess=post)
-            metrics["postprocess"] = post.to_dict()
-            metrics["train_seconds"] = time.perf_counter() - t
-            write_json(run_dir / "metrics.json", metrics)
-            mean = metrics["mean"].get("mean", {})
-            print(f"[{spec.name} fold {k}] Dice {mean.get('dice', float('nan')):.4f}  "
-                  f"HD {mean.get('hd', float('nan')):.2f} mm  ({metrics['train_seconds']:.0f} s)", flush=True)
+    labels = sorted(k for k in label_names if k > 0)
+    view = GridProgress(len(plan), config.training.epochs, interactive=None if progress else False)
+    for spec, split, current in plan:
+        name = f"{spec.name} fold {split.fold}"
+        run_dir = out_dir / spec.name / f"fold{split.fold}"
+        if (run_dir / "metrics.json").exists():
+            view.skip(name)
+            continue
+        write_json(run_dir / "run.json", {"run_config": current, "config": full_config})
+        train_cases = [prepared[i] for i in split.train]
+        view.start(name, _epochs_done(run_dir) if resume else 0)
+        t = time.perf_counter()
+        train_fold(train_cases, [prepared[i] for i in split.inner_val], spec.build(train_cases[0].spacing),
+                   num_classes, run_dir, model_config=config.model, train_config=config.training,
+                   augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
+                   label_names=label_names, progress=False, resume=resume, postprocess=config.postprocess,
+                   on_epoch_end=lambda epoch, row: view.epoch(epoch + 1))
+        model, ckpt = load_checkpoint(run_dir / "model.pt")
+        post = checkpoint_postprocess(ckpt)
+        metrics = evaluate_cases(model, [prepared[i] for i in split.test], label_mode, labels=labels,
+                                 mirror_axes=checkpoint_mirror_axes(ckpt), postprocess=post,
+                                 predictions_dir=run_dir / "predictions")
+        metrics.update(postprocess=post.to_dict(), train_seconds=time.perf_counter() - t,
+                       protocol=config.protocol(), selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
+                       test_cases=list(split.test), run_config=current, config=full_config,
+                       environment=_environment(config))
+        _write_cases_csv(run_dir / "cases.csv", metrics["cases"])
+        write_json(run_dir / "metrics.json", metrics)
+        mean = metrics["mean"].get("mean", {})
+        view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"
+                    f"  ({metrics['train_seconds']:.0f} s)")
+    view.close()
+    if pictures:
+        write_pictures(out_dir, info, label_mode)
     return write_summary(out_dir, distance=config.table_distance)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs an interrupted run has (its ``history.csv`` rows), for the progress view."""
+    path = run_dir / "history.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def _environment(config: ExperimentConfig) -> dict:
+    """Where the numbers were made: versions, device, the autocast dtype the config resolved to."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .training import resolve_amp, resolve_device
+    device = resolve_device(config.training.device)
+    amp = resolve_amp(config.training.amp, device)
+    return {"spineloss": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "fp32",
+            "machine": platform.processor() or platform.machine()}

@@ -73,6 +73,8 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import bounding_box, check_spacing
+
 __all__ = [
     "METRIC_NAMES",
     "OVERLAP_METRIC_NAMES",
@@ -136,15 +138,10 @@ def _as_label_map(x: Any, name: str) -> np.ndarray:
 
 
 def _as_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
-    if np.isscalar(spacing):
-        sp = (float(spacing),) * ndim  # type: ignore[arg-type]
-    else:
-        sp = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
-    if len(sp) != ndim:
-        raise ValueError(f"spacing {tuple(sp)} has {len(sp)} values but the label maps have {ndim} dimensions")
-    if not all(np.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"spacing values must be finite and > 0, got {tuple(sp)}")
-    return sp
+    """One number (isotropic) or one per axis of the ``ndim``-D label maps, checked by geometry.check_spacing."""
+    if np.isscalar(spacing) and not isinstance(spacing, (str, bytes)):
+        spacing = (spacing,) * ndim  # type: ignore[assignment]
+    return check_spacing(spacing, ndim, f"metrics ({ndim}-D label maps)")
 
 
 def _as_labels(labels: Iterable[int] | None, pred: np.ndarray, ref: np.ndarray) -> list[int]:
@@ -305,17 +302,6 @@ def _directed_distances(
     return dist_to_b[surf_a], dist_to_a[surf_b]
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    if not mask.any():
-        return None
-    box = []
-    for ax in range(mask.ndim):
-        other = tuple(i for i in range(mask.ndim) if i != ax)
-        idx = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
-
-
 def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
     if a is None:
         return b
@@ -346,7 +332,7 @@ def surface_distances(
     if p.ndim not in (2, 3):
         raise ValueError(f"masks must be 2D or 3D, got shape {p.shape}")
     sp = _as_spacing(spacing, p.ndim)
-    box = _union_box(_bbox(p), _bbox(r))
+    box = _union_box(bounding_box(p), bounding_box(r))
     if box is None or not p.any() or not r.any():
         raise ValueError("surface distances are undefined when a mask is empty "
                          f"(prediction voxels {int(p.sum())}, reference voxels {int(r.sum())})")
@@ -374,18 +360,6 @@ def distance_metrics(d_pr: np.ndarray | None, d_rp: np.ndarray | None) -> dict[s
     }
 
 
-def _nonzero_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the voxels that are non-zero in ``a`` or ``b`` (None if there are none)."""
-    box = []
-    for ax in range(a.ndim):
-        other = tuple(i for i in range(a.ndim) if i != ax)
-        hit = np.flatnonzero((a.max(axis=other) > 0) | (b.max(axis=other) > 0))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def _joint_histogram(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """``(k, k)`` int64 counts of the value pairs ``(a, b)``; values must lie in ``[0, k)``."""
     if b.flags.f_contiguous and not b.flags.c_contiguous and a.flags.c_contiguous:
@@ -406,6 +380,7 @@ def compute_metrics(
     labels: Iterable[int] | None = None,
     *,
     num_threads: int | None = None,
+    distances: bool = True,
 ) -> dict[int | str, dict[str, float]]:
     """All nine metrics for every label, the merged foreground and their mean.
 
@@ -419,6 +394,8 @@ def compute_metrics(
             present in either map. Values not listed count as background for every entry.
         num_threads: threads for the distance transform; default ``torch.get_num_threads()`` when
             torch is imported, else the usable CPU count (at most 16).
+        distances: ``False`` computes only the overlap metrics (:data:`OVERLAP_METRIC_NAMES`), e.g.
+            for checkpoint selection, where the surface distances are not needed.
 
     Returns:
         ``{label: {metric: value}, ..., "foreground": {...}, "mean": {...}}`` with metric names
@@ -441,7 +418,7 @@ def compute_metrics(
 
     # Everything outside the bounding box of the non-zero voxels of both maps is background in both:
     # it only adds true negatives, so all further work happens inside that box.
-    outer = _nonzero_box(pred, ref)
+    outer = _union_box(bounding_box(pred), bounding_box(ref))  # labels are >= 0: non-zero = foreground
     if outer is None:
         outer = tuple(slice(0, 0) for _ in pred.shape)
     pc, rc = pred[outer], ref[outer]
@@ -480,9 +457,13 @@ def compute_metrics(
     boxes_p = ndimage.find_objects(pi, max_label=top_idx) if top_idx else []
     boxes_r = ndimage.find_objects(ri, max_label=top_idx) if top_idx else []
 
+    names = METRIC_NAMES if distances else OVERLAP_METRIC_NAMES
+
     def score(tp: int, p_cnt: int, r_cnt: int, box: tuple[slice, ...] | None, select: Any) -> dict[str, float]:
         fp, fn = p_cnt - tp, r_cnt - tp
         res = overlap_metrics(tp, fp, fn, total - tp - fp - fn)
+        if not distances:
+            return {name: float(res[name]) for name in names}
         if p_cnt == 0 and r_cnt == 0:
             res.update(distance_metrics(None, None))
         elif p_cnt == 0 or r_cnt == 0:
@@ -515,5 +496,5 @@ def compute_metrics(
     if not labs:
         out["mean"] = dict(out["foreground"])
     else:
-        out["mean"] = {name: float(np.mean([out[lab][name] for lab in labs])) for name in METRIC_NAMES}
+        out["mean"] = {name: float(np.mean([out[lab][name] for lab in labs])) for name in names}
     return out

@@ -44,6 +44,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .geometry import bounding_box
+
 __all__ = ["PostprocessConfig", "craniocaudal_axis", "split_bodies", "keep_caudal_bodies"]
 
 
@@ -193,7 +195,7 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
     if not foreground.any():
         return out
     # work inside the foreground's bounding box (plus one voxel)
-    box = _bounding_box(foreground)
+    box = bounding_box(foreground, margin=1)
     parts, n = split_bodies(foreground[box], spacing, erosion_mm)
     n = _split_merged_bodies(parts, n, n_bodies, spacing, erosion_mm, merged_factor)
     index = np.arange(1, n + 1)
@@ -272,12 +274,6 @@ def _split_merged_bodies(parts: np.ndarray, n: int, n_bodies: int, spacing: np.n
     return n
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of a non-empty ``mask``, one voxel wider on each side (within the array)."""
-    box = ndimage.find_objects(mask.astype(np.int8))[0]
-    return tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
-
-
 def _split_by_erosion(parts: np.ndarray, piece: int, n: int, spacing: np.ndarray, start_mm: float,
                       max_mm: float = 10.0, step_mm: float = 1.0, min_seed_fraction: float = 0.2) -> int:
     """Split piece ``piece`` of ``parts`` (in place) where it is thinnest; returns the new count.
@@ -287,7 +283,7 @@ def _split_by_erosion(parts: np.ndarray, piece: int, n: int, spacing: np.ndarray
     volume; its voxels then go to the nearest core. Bodies are thicker than the bridge a disc predicted
     as foreground leaves between them, so the bridge goes first. Unsplittable pieces stay as they are.
     """
-    box = _bounding_box(parts == piece)
+    box = bounding_box(parts == piece, margin=1)
     mask = parts[box] == piece
     depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     radius = start_mm + step_mm
@@ -322,7 +318,7 @@ def _split_across_axis(parts: np.ndarray, piece: int, n: int, spacing: np.ndarra
     plates), provided that is a waist: at most ``max_dip`` times the largest section on either
     side. A single body, convex, has no such waist and stays whole. Returns the new count.
     """
-    box = _bounding_box(parts == piece)
+    box = bounding_box(parts == piece, margin=1)
     mask = parts[box] == piece
     positions = np.nonzero(mask)
     coords = np.stack(positions, axis=1) * spacing

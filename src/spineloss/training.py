@@ -4,8 +4,9 @@ The loop (Adam, polynomial learning-rate decay ``lr_e = lr_0 (1 - e / E)^0.9`` p
 
     for each epoch e:   sampler.set_epoch(e)
         for each batch: [MixUp] -> autocast forward -> loss in fp32 -> backward -> step
-        every ``val_every`` epochs: fp32 inference on the validation cases, Dice on the
-        preprocessed grid -> ``model.pt`` when it is the best so far
+        with inner validation cases, every ``val_every`` epochs: fp32 inference on them, the
+        table's Dice (original grid, post-processed) -> ``model.pt`` when it is the best so far;
+        without them: ``model.pt`` = the last epoch (no selection)
         ``last.pt`` (model, optimiser, scaler, history) written atomically -> ``--resume`` point
 
 Mixed precision: CUDA uses fp16 autocast with a ``GradScaler``; the CPU uses bf16 autocast when
@@ -16,6 +17,7 @@ interrupted run resumed from ``last.pt`` ends with the same numbers as an uninte
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -40,7 +42,8 @@ from .model import build_model
 from .postprocess import PostprocessConfig
 
 __all__ = ["TrainConfig", "ModelConfig", "Trainer", "checkpoint_meta", "checkpoint_mirror_axes", "resolve_device",
-           "resolve_amp", "train_fold", "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save"]
+           "resolve_amp", "train_fold", "predict_logits", "evaluate_cases", "load_checkpoint", "atomic_save",
+           "plain_data", "safe_torch_load"]
 
 log = logging.getLogger("spineloss.training")
 
@@ -66,7 +69,8 @@ class TrainConfig:
         batch_size: samples per batch.
         lr: initial Adam learning rate; ``weight_decay`` its L2 term; decays as ``(1 - e/E)^0.9``.
         amp: ``"auto"`` (CUDA fp16, CPU bf16 when supported), ``"bf16"``, ``"fp16"`` or ``"off"``.
-        val_every: validate every this many epochs (and always after the last).
+        val_every: score the inner validation cases (when the run has any) every this many epochs
+            (and always after the last).
         patch_size: training patch size, or ``None`` for whole (padded) volumes.
         foreground_oversample: probability that a patch is centred on foreground.
         num_workers: ``DataLoader`` worker processes (0 = in the training process).
@@ -111,7 +115,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("training.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ValueError("device 'cuda' was asked for (training.device, or --device of spineloss predict) but "
+                         "no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(device)
 
 
@@ -130,9 +135,50 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_bf16 else None
 
 
+def plain_data(obj, where: str = "checkpoint"):
+    """``obj`` as tensors and plain data only, so that ``torch.load(..., weights_only=True)`` reads it.
+
+    Dicts, lists and tuples are rebuilt element by element (an ``OrderedDict``, e.g. a state dict,
+    stays one, with its ``_metadata``); ``bool``/``int``/``float``/``str``/``None``, tensors and
+    ``torch.Size`` pass; numpy scalars (``np.float64`` too, although it subclasses ``float``) and
+    other subclasses of those types become the plain type, numpy arrays nested lists, paths strings.
+    Anything else (a dataclass, an arbitrary object) raises ``TypeError`` naming where it sits: a
+    checkpoint must never need arbitrary Python objects to be read back.
+    """
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, (torch.Tensor, torch.Size)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    for plain in (bool, int, float, str):  # e.g. an IntEnum
+        if isinstance(obj, plain):
+            return plain(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, collections.OrderedDict):
+        out = collections.OrderedDict((plain_data(k, where), plain_data(v, f"{where}[{k!r}]"))
+                                      for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions, read by load_state_dict
+            out._metadata = plain_data(obj._metadata, f"{where}._metadata")
+        return out
+    if isinstance(obj, dict):
+        return {plain_data(k, where): plain_data(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold only "
+                    "tensors and plain data (dict, list, tuple, str, int, float, bool, None)")
+
+
 def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file.
+
+    ``obj`` is first reduced to tensors and plain data (:func:`plain_data`), so every file written
+    here loads with ``weights_only=True`` (:func:`safe_torch_load`).
+    """
     path = Path(path)
+    obj = plain_data(obj, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -151,15 +197,42 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def safe_torch_load(path: str | Path, device: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never arbitrary code.
+
+    Raises ``ValueError``: "refused to load" (naming the Python objects it holds) for a file that
+    needs anything else to be unpickled, e.g. a crafted model file whose unpickling would run a
+    command; "cannot read the checkpoint" for a missing, truncated or otherwise unreadable file.
+    """
+    import pickle
+    import re
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        names: list[str] = []
+        try:
+            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - e.g. the legacy (non-zip) format: use torch's message
+            pass
+        names = names or sorted(set(re.findall(r"GLOBAL (\S+)", str(exc))))
+        if names:
+            raise ValueError(
+                f"{path}: refused to load: the file contains Python objects other than tensors and plain "
+                f"data ({', '.join(names)}); unpickling them could run arbitrary code. Only load checkpoints "
+                "you trust; spineloss writes checkpoints that need none of them") from None
+        raise ValueError(f"{path}: cannot read the checkpoint ({str(exc).strip().splitlines()[-1]})") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Load a ``model.pt`` written by :func:`train_fold`; returns ``(model, checkpoint dict)``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    ckpt = safe_torch_load(path, device)
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a spineloss model checkpoint (missing model_state/model)")
     model = build_model(**ckpt["model"])
@@ -195,34 +268,20 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.devi
     return logits, pad
 
 
-def _hard_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in ``ref`` or ``pred`` (1 for both empty)."""
-    scores = []
-    for c in range(1, max(num_classes, 2)):
-        p, r = pred == c, ref == c
-        denom = int(p.sum() + r.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    return float(np.mean(scores))
-
-
-def _validation_dice(model, cases: Sequence[PreparedCase], device, num_classes: int,
-                     mirror_axes: Sequence[int] = ()) -> float:
-    values = []
-    for case in cases:
-        logits, pad = predict_logits(model, case.image, device, mirror_axes)
-        logits = crop_padding(logits, pad)
-        pred = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
-        values.append(_hard_dice(pred, torch.from_numpy(case.label.astype(np.int64)), num_classes))
-    return float(np.mean(values))
-
-
 def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
                    labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = (),
-                   postprocess: PostprocessConfig | None = None) -> dict:
+                   postprocess: PostprocessConfig | None = None, *, distances: bool = True,
+                   predictions_dir: str | Path | None = None) -> dict:
     """Predict each case, map it back to the original grid and compare with the original label file.
 
+    The one scoring path of spineloss: the final test scores and the checkpoint selection
+    (:func:`selection_dice`) both come from here, with the same Dice
+    (:func:`spineloss.metrics.compute_metrics`) on the same grid after the same post-processing.
+
     ``mirror_axes``: test-time mirroring (:func:`predict_logits`); ``postprocess``: applied to the
-    label map on the original grid (:class:`~spineloss.postprocess.PostprocessConfig`).
+    label map on the original grid (:class:`~spineloss.postprocess.PostprocessConfig`);
+    ``distances=False`` skips the surface distances (overlap metrics only); ``predictions_dir``:
+    also write each prediction there as ``<case_id>.nii.gz`` (uint8, the original affine).
 
     Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
     "nan_counts": {label: {metric: cases whose value is NaN}}}``. NaN values are excluded from the
@@ -244,10 +303,27 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
             reference = to_label_mode(np.rint(reference).astype(np.int64), label_mode)
         else:
             reference = case.label
+        if predictions_dir is not None:
+            Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(np.asarray(prediction, dtype=np.uint8), geometry.original_affine),
+                     str(Path(predictions_dir) / f"{case.case_id}.nii.gz"))
         metrics = compute_metrics(prediction, reference, spacing=tuple(geometry.original_spacing),
-                                  labels=labels)
+                                  labels=labels, distances=distances)
         per_case[case.case_id] = {str(k): v for k, v in metrics.items()}  # JSON keys: "1", "mean", ...
     return {"cases": per_case, **aggregate_case_metrics(per_case)}
+
+
+def selection_dice(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
+                   labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = (),
+                   postprocess: PostprocessConfig | None = None) -> float:
+    """The checkpoint-selection score: the mean over ``cases`` of the label-mean Dice that the
+    results table reports (:func:`evaluate_cases`, without surface distances).
+
+    ``cases`` must be drawn from the training cases of the fold (an inner validation split); the
+    experiment never passes a test case here (``tests/test_protocol.py`` checks it).
+    """
+    result = evaluate_cases(model, cases, label_mode, device, labels, mirror_axes, postprocess, distances=False)
+    return float(result["mean"]["mean"]["dice"])
 
 
 def aggregate_case_metrics(per_case: dict) -> dict:
@@ -313,8 +389,12 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             logits = model(x)
         try:
-            loss = (self.loss_fn(logits.float(), y, dist_map=dist) if self.needs_dist
-                    else self.loss_fn(logits.float(), y))
+            if self.needs_dist:  # ground-truth maps and each sample's own spacing from the pipeline
+                spacing = batch.get("spacing")
+                extra = {} if spacing is None else {"spacing": spacing.to(device)}
+                loss = self.loss_fn(logits.float(), y, dist_map=dist, **extra)
+            else:
+                loss = self.loss_fn(logits.float(), y)
         except ValueError:
             if not torch.isfinite(logits.detach()).all():  # the loss refuses NaN/inf logits: skip
                 return None
@@ -333,12 +413,13 @@ def checkpoint_meta(model_args: dict, preprocess: PreprocessConfig | None, label
     """What a ``model.pt`` carries besides the weights, so :mod:`spineloss.predict` can repeat the
     preprocessing, rebuild the network, mirror at test time along the axes it was trained to be
     mirror-invariant on (``inference.mirror_axes``) and post-process (``inference.postprocess``)."""
-    return {"model": dict(model_args), "preprocess": (preprocess or PreprocessConfig()).to_dict(),
+    meta = {"model": dict(model_args), "preprocess": (preprocess or PreprocessConfig()).to_dict(),
             "label_mode": label_mode, "labels": {int(k): v for k, v in (label_names or {}).items()},
             "num_classes": int(model_args["out_channels"]),
             "patch_size": tuple(patch_size) if patch_size is not None else None,
             "inference": {"mirror_axes": [int(a) for a in mirror_axes],
                           "postprocess": (postprocess or PostprocessConfig()).to_dict()}}
+    return plain_data(meta, "checkpoint metadata")  # loads with weights_only=True
 
 
 def checkpoint_mirror_axes(checkpoint: dict) -> tuple[int, ...]:
@@ -365,15 +446,20 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                label_names: dict[int, str] | None = None, resume: bool = True, progress: bool = True,
                postprocess: PostprocessConfig | None = None,
                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Train one model and write ``history.csv``, ``model.pt`` (best validation Dice), ``last.pt``.
+    """Train one model and write ``history.csv``, ``model.pt`` and ``last.pt`` (the resume point).
+
+    Checkpoint selection: with ``val_cases`` (an inner validation split drawn from the fold's
+    training cases, never its test cases), every ``val_every`` epochs the model is scored with
+    :func:`selection_dice` (the table's Dice: original grid, post-processing applied) and ``model.pt``
+    keeps the best epoch. With no ``val_cases`` nothing is selected: ``model.pt`` is the last epoch.
+    The checkpoint records which rule made it (``selection``).
 
     ``label_mode``/``label_names`` describe what the pipeline outputs and ``postprocess`` how it gets
-    there; both are recorded in the checkpoints (prediction applies the post-processing; the
-    per-epoch validation Dice that picks the best model is measured on the network's own labels,
-    without it, on the preprocessed grid).
-    Returns the last history row plus ``best_val_dice`` and ``best_epoch``. With ``resume`` and a
-    ``last.pt`` in ``out_dir``, training continues after its epoch (a finished run returns at once).
-    ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint is on disk.
+    there; both are recorded in the checkpoints (prediction applies the post-processing).
+    Returns the last history row plus ``best_val_dice`` and ``best_epoch`` (NaN and the last epoch
+    without selection). With ``resume`` and a ``last.pt`` in ``out_dir``, training continues after its
+    epoch (a finished run returns at once). ``on_epoch_end(epoch, row)`` is called after each epoch's
+    checkpoint is on disk.
     """
     cfg = train_config
     out_dir = Path(out_dir)
@@ -392,7 +478,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     start_epoch, best_dice, best_epoch = 0, -math.inf, -1
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = safe_torch_load(last_path, device)
         try:
             model.load_state_dict(state["model_state"])
         except RuntimeError as exc:
@@ -410,6 +496,10 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
     meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size,
                            augment.mirror_axes, postprocess)
+    select = len(val_cases) > 0
+    labels = sorted(int(k) for k in label_names if int(k) > 0) if label_names else None
+    meta["selection"] = {"rule": "best_inner_val_dice" if select else "last_epoch",
+                         "cases": [c.case_id for c in val_cases]}
     mix_gen = torch.Generator()
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -431,12 +521,17 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}",
                                 dice="-" if best_epoch < 0 else f"{best_dice:.3f}")
         val_dice = float("nan")
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            val_dice = _validation_dice(model, val_cases, device, num_classes, augment.mirror_axes)
+        if select and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            val_dice = selection_dice(model, val_cases, label_mode, device, labels, augment.mirror_axes,
+                                      postprocess)
             if val_dice > best_dice:
                 best_dice, best_epoch = val_dice, epoch
                 atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
                              "val_dice": val_dice}, out_dir / "model.pt")
+        elif not select and epoch + 1 == cfg.epochs:
+            best_epoch = epoch
+            atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
+                         "val_dice": float("nan")}, out_dir / "model.pt")
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "val_dice": val_dice, "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -451,7 +546,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
             on_epoch_end(epoch, row)
     _write_history(out_dir / "history.csv", history)
     last = history[-1] if history else {}
-    return {**last, "best_val_dice": best_dice, "best_epoch": best_epoch + 1}
+    return {**last, "best_val_dice": best_dice if select else float("nan"), "best_epoch": best_epoch + 1}
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

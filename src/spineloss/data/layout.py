@@ -37,7 +37,6 @@ Typical use::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -60,7 +59,6 @@ __all__ = [
     "ValidationReport",
     "check_dataset",
     "load_case",
-    "main_check",
     "read_dataset",
     "run_check",
     "spacing_from_affine",
@@ -958,7 +956,9 @@ def check_dataset(root: str | os.PathLike | DatasetInfo) -> DatasetInfo:
 
 def run_check(root: str | os.PathLike, *, max_workers: int = 1,
               stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """``spineloss data check DIR``: validate, print the summary, return 0 (good) or 1 (problems).
+    """``spineloss data check DIR``: validate, print the summary, return the exit status: 0 (good)
+    or 2 (problems in the data set, or no data set there: an error in what the user gave, like every
+    such error of the command line).
 
     The summary goes to ``stdout``; every problem (each naming its file) goes to ``stderr``.
     """
@@ -973,22 +973,4 @@ def run_check(root: str | os.PathLike, *, max_workers: int = 1,
     print(f"Data check FAILED: {len(problems)} problem(s):", file=err)
     for problem in problems:
         print(f"  - {problem}", file=err)
-    return 1
-
-
-def main_check(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``spineloss data check DIR [--workers N]``; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="spineloss data check",
-        description="Validate an nnU-Net v2 or MSD data set folder (every case loaded) and summarise it.",
-    )
-    parser.add_argument("root", metavar="DIR", help="data set folder holding dataset.json")
-    parser.add_argument("--workers", type=int, default=1, help="cases loaded in parallel (default 1)")
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help or a usage error: hand back the code instead of exiting
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if args.workers < 1:
-        print("--workers must be >= 1", file=sys.stderr)
-        return 2
-    return run_check(args.root, max_workers=args.workers)
+    return 2

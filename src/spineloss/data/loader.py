@@ -111,7 +111,8 @@ class PatchDataset(Dataset):
         augment: the per-sample augmentation settings.
         seed: the run's seed.
         num_classes: channels of the network output (for the distance maps).
-        distance_maps: compute ground-truth signed distance maps (for distance-based losses).
+        distance_maps: compute ground-truth signed distance maps (for distance-based losses); the sample
+            then also carries ``"spacing"`` (3 float64, mm), the case's spacing the maps were made with.
         foreground_oversample: probability that a patch is centred on a foreground voxel.
     """
 
@@ -175,6 +176,8 @@ class PatchDataset(Dataset):
             from ..losses.distance_maps import signed_distance_maps
             sample["dist_map"] = torch.from_numpy(
                 signed_distance_maps(label, self.num_classes, case.spacing).astype(np.float32))
+            # the spacing the maps were made with: the loss's per-sample ``spacing`` (B x 3 once collated)
+            sample["spacing"] = torch.tensor(case.spacing, dtype=torch.float64)
         return sample
 
 

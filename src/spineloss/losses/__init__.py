@@ -4,7 +4,8 @@
     loss = build_loss("tversky", alpha=0.3, beta=0.7)
     loss = build_loss({"dice": 1.0, "boundary": 0.01}, spacing=(1.0, 1.0, 3.0))   # weighted sum
     value = loss(logits, target)                       # logits B x C x D x H x W, labels or soft targets
-    value = loss(logits, target, dist_map=maps)        # distance losses: maps from the data pipeline
+    value = loss(logits, target, dist_map=maps, spacing=s)   # distance losses: pipeline maps, B x 3 spacings
+    loss = build_loss("dice", sigmoid=False, softmax=False)  # MONAI's words: the input holds probabilities
 
 Families (see docs/losses.md for formulas, references, defaults and the benchmark):
 

@@ -4,7 +4,10 @@ Conventions (one place for all losses)
 --------------------------------------
 * ``input``: logits ``B x C x D x H x W`` (any float dtype; the loss computes in float32 with autocast off).
   ``C == 1`` is a binary problem with a sigmoid; ``C > 1`` uses a softmax over the channel axis unless
-  ``activation="sigmoid"`` asks for independent (multi-label) channels.
+  ``activation="sigmoid"`` asks for independent (multi-label) channels. MONAI's words work too:
+  ``sigmoid=True`` / ``softmax=True``; ``sigmoid=False, softmax=False`` (MONAI's defaults, written out) or
+  ``activation="none"`` means the input already holds probabilities (no activation); ``other_act=f`` applies
+  the callable ``f`` to the input instead (e.g. ``torch.tanh``). See :func:`resolve_activation`.
 * ``target``: an integer label map ``B x 1 x D x H x W`` or ``B x D x H x W`` with values in ``[0, C)``
   (``{0, 1}`` when ``C == 1``), or a one-hot / soft target ``B x C x D x H x W`` of probabilities in ``[0, 1]``
   (MixUp). With a softmax the channels of a soft target should sum to one; that is not checked (it would cost a
@@ -12,6 +15,9 @@ Conventions (one place for all losses)
 * ``dist_map`` (optional, only read by distance losses): float ``B x C x D x H x W`` signed distance maps of
   the ground truth as made by :func:`spineloss.losses.distance_maps.signed_distance_maps` in the data
   pipeline. Without it a distance loss computes the maps itself (slower).
+* ``spacing`` (optional, only taken by distance losses and compounds): ``B x 3`` voxel spacings in mm, one row
+  per batch item (the spacing each sample's ``dist_map`` was made with), overriding the loss's ``spacing`` for
+  that call.
 * ``reduction``: ``"mean"`` (default), ``"sum"`` or ``"none"``; each loss documents what "none" returns.
 * Validation: shapes, dtypes, label range and soft-target range raise :class:`ValueError` before any work.
   Non-finite logits are detected after the fact, on the loss value (a NaN or Inf in the logits always reaches
@@ -33,13 +39,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..geometry import check_spacing
 
 __all__ = [
     "Bounds",
@@ -48,10 +56,15 @@ __all__ = [
     "LossNotPreparedError",
     "ParamSpec",
     "REDUCTIONS",
+    "resolve_activation",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
-ACTIVATIONS = ("softmax", "sigmoid")
+#: values of ``activation``: None (softmax for C > 1, sigmoid for C = 1) or one of these; ``"none"`` = the input
+#: already holds probabilities. A callable given as ``other_act`` is recorded as the activation ``"other"``.
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+#: clamp of probabilities before a log (MONAI's epsilon in its unified focal loss)
+PROB_EPS = 1e-7
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -144,15 +157,44 @@ def check_weights(name: str, value: Any, owner: str, allow_scalar: bool = True) 
     return w
 
 
-def check_spacing(value: Any, owner: str) -> tuple[float, float, float]:
-    """Voxel spacing in mm per spatial axis (D, H, W): three positive finite numbers."""
-    try:
-        sp = tuple(float(v) for v in value)
-    except TypeError as exc:
-        raise ValueError(f"{owner}: spacing must be a sequence of 3 positive numbers (mm), got {value!r}") from exc
-    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
-        raise ValueError(f"{owner}: spacing must be 3 positive finite numbers (mm, axes D, H, W), got {value!r}")
-    return sp  # type: ignore[return-value]
+def resolve_activation(activation: str | None, sigmoid: bool | None, softmax: bool | None, other_act: Any,
+                       owner: str) -> tuple[str | None, Callable[[Tensor], Tensor] | None]:
+    """``(activation, other_act)`` from spineloss's ``activation`` or MONAI's ``sigmoid``/``softmax``/``other_act``.
+
+    * no argument: ``(None, None)``, the spineloss default: the input is logits, softmax for C > 1, sigmoid
+      for C = 1 (MONAI's default is no activation: write ``sigmoid=False, softmax=False`` for that);
+    * ``sigmoid=True`` / ``softmax=True``: ``"sigmoid"`` / ``"softmax"``;
+    * ``sigmoid=False`` and/or ``softmax=False`` given, neither True, no ``other_act``: ``"none"``, the input
+      already holds probabilities (MONAI's ``sigmoid=False, softmax=False``); the same as ``activation="none"``;
+    * ``other_act=f``: ``("other", f)``, probabilities ``f(input)`` (MONAI's ``other_act``, e.g. ``torch.tanh``).
+
+    At most one of ``sigmoid=True``, ``softmax=True``, ``other_act`` (MONAI's rule), and either ``activation``
+    or MONAI's flags, not both; ``ValueError`` otherwise.
+    """
+    if activation is not None:
+        check_choice("activation", activation, ACTIVATIONS, owner)
+    flags = {"sigmoid": sigmoid, "softmax": softmax}
+    for name, value in flags.items():
+        if value is not None:
+            check_bool(name, value, owner)
+    if other_act is not None and not callable(other_act):
+        raise ValueError(f"{owner}: other_act must be a callable applied to the input (e.g. torch.tanh) or None, "
+                         f"got {type(other_act).__name__}")
+    given = [k for k, v in (*flags.items(), ("other_act", other_act)) if v is not None]
+    if activation is not None and given:
+        raise ValueError(f"{owner}: give either activation={activation!r} or MONAI's {'/'.join(given)}, not both")
+    if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
+        raise ValueError(f"{owner}: give at most one of sigmoid=True, softmax=True and other_act, got "
+                         f"sigmoid={sigmoid!r}, softmax={softmax!r}, other_act={other_act!r}")
+    if other_act is not None:
+        return "other", other_act
+    if sigmoid:
+        return "sigmoid", None
+    if softmax:
+        return "softmax", None
+    if given:  # sigmoid=False and/or softmax=False written out: MONAI's "no activation"
+        return "none", None
+    return activation, None
 
 
 def _no_autocast(device_type: str):
@@ -274,21 +316,27 @@ class _SoftmaxLabelStats(torch.autograd.Function):
 class LossInput:
     """Validated inputs of one loss call, with cached derived quantities shared by the terms of a compound.
 
-    Attributes: ``x`` logits (B, C, N) float32; ``labels`` (B, 1, N) int64 for the softmax label-map path, else
-    None; ``soft`` (B, C, N) float32 target otherwise; ``activation``; ``spatial`` shape; ``dist_map``
-    (B, C, N) float32 or None.
+    Attributes: ``x`` the input (B, C, N) float32 (logits, or probabilities with ``activation`` "none");
+    ``labels`` (B, 1, N) int64 for the softmax label-map path, else None; ``soft`` (B, C, N) float32 target
+    otherwise; ``activation`` ("softmax", "sigmoid", "none" or "other", the latter with ``other_act``);
+    ``spatial`` shape; ``dist_map`` (B, C, N) float32 or None; ``spacing`` the per-sample spacings (a tuple of
+    B tuples of 3 floats) or None.
     """
 
     def __init__(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None,
-                 activation: str | None = None, owner: str = "loss") -> None:
+                 activation: str | None = None, owner: str = "loss", other_act: Callable | None = None,
+                 spacing: Any = None) -> None:
         self.owner = owner
+        if activation == "other" and other_act is None:
+            raise ValueError(f"{owner}: activation 'other' needs other_act")
+        what = "logits" if activation in (None, "softmax", "sigmoid") else "values"
         if not isinstance(input, Tensor):
-            raise ValueError(f"{owner}: input must be a torch.Tensor of logits, got {type(input).__name__}")
+            raise ValueError(f"{owner}: input must be a torch.Tensor of {what}, got {type(input).__name__}")
         if input.ndim != 5:
-            raise ValueError(f"{owner}: input must be logits of shape B x C x D x H x W, "
+            raise ValueError(f"{owner}: input must be {what} of shape B x C x D x H x W, "
                              f"got shape {tuple(input.shape)}")
         if not input.is_floating_point():
-            raise ValueError(f"{owner}: input must be floating point logits, got dtype {input.dtype}")
+            raise ValueError(f"{owner}: input must be floating point {what}, got dtype {input.dtype}")
         if not isinstance(target, Tensor):
             raise ValueError(f"{owner}: target must be a torch.Tensor, got {type(target).__name__}")
         B, C = int(input.shape[0]), int(input.shape[1])
@@ -302,15 +350,19 @@ class LossInput:
             raise ValueError(f"{owner}: activation='softmax' needs C > 1 channels, got C = 1 "
                              "(use the default sigmoid for a binary problem)")
         self.activation = act
+        self.other_act = other_act if act == "other" else None
         self.device = input.device
         self.x = input.float().reshape(B, C, self.N)
         if not self.x.is_contiguous():
             self.x = self.x.contiguous()
         self.labels: Tensor | None = None
         self.soft: Tensor | None = None
+        self._raw = (input, target, dist_map)
         self._set_target(target)
         self.dist_map = self._check_dist_map(dist_map)
+        self.spacing = self._check_spacing(spacing)
         self._cache: dict[Any, Any] = {}
+        self._derived: dict[Any, LossInput] = {}
         self.want_squared = False  # set by the loss: which fused statistics to compute (see Loss.make_input)
         self.want_log_py = True
         self.want_region = True
@@ -409,6 +461,55 @@ class LossInput:
             raise ValueError(f"{owner}: dist_map must be floating point, got {dist_map.dtype}")
         return dist_map.to(device=self.device, dtype=torch.float32).reshape(self.B, self.C, self.N)
 
+    def _check_spacing(self, spacing: Any) -> tuple[tuple[float, float, float], ...] | None:
+        """Per-sample spacings ``B x 3`` (mm, axes D, H, W) as a tuple of B tuples, or None."""
+        if spacing is None:
+            return None
+        owner = self.owner
+        if isinstance(spacing, Tensor):
+            arr = spacing.detach().to("cpu", torch.float64).numpy()
+        else:
+            try:
+                arr = np.asarray(spacing, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{owner}: spacing must be a B x 3 array of voxel spacings in mm (one row per "
+                                 f"batch item), got {spacing!r}") from exc
+        if arr.shape != (self.B, 3):
+            raise ValueError(f"{owner}: spacing must have shape B x 3 = ({self.B}, 3), one row of voxel spacings "
+                             f"(mm, axes D, H, W) per batch item, got shape {tuple(arr.shape)}; for one spacing "
+                             "for every sample set the loss's spacing instead")
+        return tuple(check_spacing(row, 3, f"{owner} (spacing of batch item {b})")  # type: ignore[misc]
+                     for b, row in enumerate(arr))
+
+    def spacings(self, default: tuple[float, float, float]) -> tuple[tuple[float, float, float], ...]:
+        """One spacing per batch item: the call's ``spacing`` if given, else ``default`` for every item."""
+        return self.spacing if self.spacing is not None else (tuple(default),) * self.B  # type: ignore[return-value]
+
+    @property
+    def from_logits(self) -> bool:
+        """True when the input holds logits (softmax / sigmoid), False for probabilities ("none", "other")."""
+        return self.activation in ("softmax", "sigmoid")
+
+    @property
+    def categorical(self) -> bool:
+        """True when the channels are one categorical distribution: a softmax, or probabilities with C > 1
+        (then CE and focal read ``-sum_c t_c log p_c``); False for sigmoids and one-channel probabilities."""
+        return self.activation == "softmax" or (not self.from_logits and self.C > 1)
+
+    def derived(self, activation: str | None, other_act: Callable | None = None) -> LossInput:
+        """The same call seen with another activation (a compound whose terms read the input differently,
+        e.g. MONAI's DiceCELoss: Dice on probabilities, CE on logits); ``self`` when it is the same one."""
+        act = activation if activation is not None else ("softmax" if self.C > 1 else "sigmoid")
+        if act == self.activation and (act != "other" or other_act is self.other_act):
+            return self
+        key = (act, id(other_act) if act == "other" else None)
+        if key not in self._derived:
+            input, target, dist_map = self._raw
+            sub = LossInput(input, target, dist_map, act, self.owner, other_act)
+            sub.spacing = self.spacing
+            self._derived[key] = sub
+        return self._derived[key]
+
     # -- cached quantities --------------------------------------------------------------------------------
     @property
     def label_path(self) -> bool:
@@ -435,12 +536,50 @@ class LossInput:
         return self._cache[key]
 
     def probs(self) -> Tensor:
-        """Probabilities (B, C, N): softmax over channels or elementwise sigmoid."""
+        """Probabilities (B, C, N): softmax over channels, elementwise sigmoid, the input itself ("none") or
+        ``other_act(input)`` ("other", applied to the B x C x D x H x W input)."""
         if self.label_path and (self.want_region or self.want_log_py or self.want_squared):
             return self.label_stats()[0]
         key = ("probs",)
         if key not in self._cache:
-            self._cache[key] = torch.softmax(self.x, 1) if self.activation == "softmax" else torch.sigmoid(self.x)
+            if self.activation == "softmax":
+                p = torch.softmax(self.x, 1)
+            elif self.activation == "sigmoid":
+                p = torch.sigmoid(self.x)
+            elif self.activation == "none":
+                p = self.x
+            else:
+                p = self._apply_other_act()
+            self._cache[key] = p
+        return self._cache[key]
+
+    def _apply_other_act(self) -> Tensor:
+        assert self.other_act is not None
+        shape = (self.B, self.C) + self.spatial
+        out = self.other_act(self.x.reshape(shape))
+        if not isinstance(out, Tensor) or tuple(out.shape) != shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{self.owner}: other_act must return a tensor of the input's shape {shape}, got {got}")
+        return out.float().reshape(self.B, self.C, self.N)
+
+    def clamped_probs(self) -> Tensor:
+        """Probabilities clamped to ``[PROB_EPS, 1 - PROB_EPS]`` for a log (probability input only).
+
+        The input must hold values in [0, 1] (1e-6 slack): a log of anything else has no meaning, so the error
+        says so instead of a clamp hiding logits passed with ``sigmoid=False, softmax=False``.
+        """
+        key = ("clamped",)
+        if key not in self._cache:
+            p = self.probs()
+            lo, hi = torch.aminmax(p.detach())
+            lo, hi = float(lo), float(hi)
+            if math.isfinite(lo) and math.isfinite(hi) and (lo < -1e-6 or hi > 1.0 + 1e-6):
+                src = "other_act(input)" if self.activation == "other" else \
+                    "with activation='none' (MONAI's sigmoid=False, softmax=False) the input"
+                raise ValueError(f"{self.owner}: {src} must hold probabilities in [0, 1] for the log of this loss, "
+                                 f"found values in [{lo:g}, {hi:g}]; pass logits with the default activation "
+                                 "(or sigmoid=True / softmax=True) instead")
+            self._cache[key] = p.clamp(PROB_EPS, 1.0 - PROB_EPS)
         return self._cache[key]
 
     def log_probs(self) -> Tensor:
@@ -517,14 +656,15 @@ class LossInput:
             return self.soft
         return self.soft[:, list(classes)]
 
-    def gt_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float],
+    def gt_signed_maps(self, classes: Sequence[int], spacing: Sequence[Sequence[float]],
                        squared: bool = False) -> Tensor:
-        """Signed distance maps of the ground truth (B, len(classes), N): from ``dist_map`` or computed; with
-        ``squared`` the squared distances ``phi^2`` (computed directly when there is no ``dist_map``)."""
+        """Signed distance maps of the ground truth (B, len(classes), N): from ``dist_map`` or computed with one
+        spacing per batch item (``spacing``: B tuples, see :meth:`spacings`); with ``squared`` the squared
+        distances ``phi^2`` (computed directly when there is no ``dist_map``)."""
         if self.dist_map is not None:
             maps = self.dist_map if list(classes) == list(range(self.C)) else self.dist_map[:, list(classes)]
             return maps.square() if squared else maps
-        key = ("gt_maps", tuple(classes), tuple(spacing))
+        key = ("gt_maps", tuple(classes), tuple(tuple(sp) for sp in spacing))
         if squared:
             if key in self._cache:  # the signed maps are there already (a boundary term): square them
                 return self._cache[key].square()
@@ -538,11 +678,11 @@ class LossInput:
             self._cache[key] = maps.reshape(self.B, len(classes), self.N)
         return self._cache[key]
 
-    def pred_signed_maps(self, classes: Sequence[int], spacing: tuple[float, float, float],
+    def pred_signed_maps(self, classes: Sequence[int], spacing: Sequence[Sequence[float]],
                          squared: bool = False) -> Tensor:
-        """Signed maps (B, len(classes), N) of the thresholded prediction ``p > 0.5`` (no gradient); with
-        ``squared`` the unsigned squared distances."""
-        key = ("pred_maps", tuple(classes), tuple(spacing), squared)
+        """Signed maps (B, len(classes), N) of the thresholded prediction ``p > 0.5`` (no gradient), one spacing
+        per batch item (B tuples); with ``squared`` the unsigned squared distances."""
+        key = ("pred_maps", tuple(classes), tuple(tuple(sp) for sp in spacing), squared)
         if key not in self._cache:
             from .distance_maps import prediction_signed_maps
 
@@ -573,12 +713,13 @@ class Loss(nn.Module):
     #: whether the loss reads the fused softmax statistics (label maps); tells CE to share them in compounds
     uses_label_stats: ClassVar[bool] = False
 
-    def __init__(self, *, reduction: str = "mean", activation: str | None = None) -> None:
+    def __init__(self, *, reduction: str = "mean", activation: str | None = None, sigmoid: bool | None = None,
+                 softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__()
         self.reduction = check_choice("reduction", reduction, self.reductions, self._owner())
-        if activation is not None:
-            check_choice("activation", activation, ACTIVATIONS, self._owner())
-        self.activation = activation
+        #: None (softmax for C > 1, sigmoid for C = 1), "softmax", "sigmoid", "none" (probabilities) or "other"
+        self.activation, self.other_act = resolve_activation(activation, sigmoid, softmax, other_act,
+                                                             self._owner())
         #: check that the loss value is finite (and name the culprit) after each call
         self.validate = True
 
@@ -634,9 +775,11 @@ class Loss(nn.Module):
         """Whether this loss reads the per-class sums ``TP``, ``sum p`` from the fused statistics."""
         return False
 
-    def make_input(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> LossInput:
+    def make_input(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None,
+                   spacing: Any = None) -> LossInput:
         """Check the inputs and build the shared :class:`LossInput` (float32)."""
-        batch = LossInput(input, target, dist_map, activation=self.activation, owner=self._owner())
+        batch = LossInput(input, target, dist_map, activation=self.activation, owner=self._owner(),
+                          other_act=self.other_act, spacing=spacing)
         batch.want_squared = self.wants_squared()
         batch.want_log_py = self.wants_log_py()
         batch.want_region = self.wants_region()
@@ -646,11 +789,14 @@ class Loss(nn.Module):
     # -- computation --------------------------------------------------------------------------------------
     def forward(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None) -> Tensor:
         """Loss of logits ``input`` (B x C x D x H x W) against ``target``; see the module docstring."""
+        return self._forward(input, target, dist_map, None)
+
+    def _forward(self, input: Tensor, target: Tensor, dist_map: Tensor | None, spacing: Any) -> Tensor:
         with _no_autocast(input.device.type if isinstance(input, Tensor) else "cpu"):
-            batch = self.make_input(input, target, dist_map)
+            batch = self.make_input(input, target, dist_map, spacing)
             out = self.compute(batch)
         if self.validate:
-            _check_finite(out, input, dist_map, self._owner())
+            _check_finite(out, input, dist_map, self._owner(), batch.from_logits)
         return out
 
     def compute(self, batch: LossInput) -> Tensor:  # pragma: no cover - abstract
@@ -671,17 +817,19 @@ class Loss(nn.Module):
         return ", ".join(parts)
 
 
-def _check_finite(out: Tensor, input: Tensor, dist_map: Tensor | None, owner: str) -> None:
+def _check_finite(out: Tensor, input: Tensor, dist_map: Tensor | None, owner: str, logits: bool = True) -> None:
     if bool(torch.isfinite(out).all()):
         return
+    what, contain, are = ("logits", "contain", "are") if logits else ("input", "contains", "is")
     bad = ~torch.isfinite(input)
     n_bad = int(bad.sum())
     if n_bad:
         first = tuple(int(i) for i in bad.nonzero()[0])
         kind = "NaN" if bool(torch.isnan(input).any()) else "Inf"
-        raise ValueError(f"{owner}: the logits contain {n_bad} non-finite value(s) ({kind}), the first at index "
+        raise ValueError(f"{owner}: the {what} {contain} {n_bad} non-finite value(s) ({kind}), the first at index "
                          f"{first} of input shape {tuple(input.shape)}")
     if dist_map is not None and not bool(torch.isfinite(dist_map).all()):
         raise ValueError(f"{owner}: dist_map contains NaN or Inf")
-    raise ValueError(f"{owner}: the loss is not finite although the logits are finite "
-                     "(check the target, the class weights and the parameters)")
+    extra = "" if logits else ", other_act"
+    raise ValueError(f"{owner}: the loss is not finite although the {what} {are} finite "
+                     f"(check the target, the class weights{extra} and the parameters)")

@@ -9,17 +9,26 @@ present class and sample), never scipy per channel. ``spacing`` (mm, axes D, H, 
 maps were computed with; it is used when the loss computes maps itself (ground truth without ``dist_map``,
 and the prediction's maps of the Hausdorff loss) and for the boundary loss's inside offset.
 
+Per-sample spacing: cases of a data set have different voxel sizes, and the pipeline makes each sample's maps
+with its own. ``loss(logits, target, dist_map=maps, spacing=s)`` with ``s`` of shape ``B x 3`` (mm, one row per
+batch item; a tensor, array or nested sequence) overrides the constructor's ``spacing`` for that call: the
+Hausdorff loss computes each item's prediction maps (and, without ``dist_map``, its ground-truth maps) with its
+own row, and the boundary loss's default inside offset is each item's smallest spacing. A batch then gives
+exactly the mean of its items computed one by one with their own spacing.
+
 ``reduction="none"`` returns one value per (batch item, class): ``B x C'`` (``1 x C'`` with ``batch=True``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import Bounds, Loss, LossInput, check_bool, check_spacing
+from ..geometry import check_spacing
+from .base import Bounds, Loss, LossInput, check_bool
 
 __all__ = ["BoundaryLoss", "HausdorffDTLoss"]
 
@@ -29,12 +38,20 @@ class _DistanceLoss(Loss):
     uses_label_stats = True  # reads the probabilities: share the softmax with CE terms of a compound
 
     def __init__(self, include_background: bool, spacing: Any, batch: bool, reduction: str,
-                 activation: str | None) -> None:
-        super().__init__(reduction=reduction, activation=activation)
+                 activation: str | None, sigmoid: bool | None, softmax: bool | None,
+                 other_act: Callable | None) -> None:
+        super().__init__(reduction=reduction, activation=activation, sigmoid=sigmoid, softmax=softmax,
+                         other_act=other_act)
         owner = self._owner()
         self.include_background = check_bool("include_background", include_background, owner)
-        self.spacing = check_spacing(spacing, owner)
+        self.spacing = check_spacing(spacing, 3, owner)
         self.batch = check_bool("batch", batch, owner)
+
+    def forward(self, input: Tensor, target: Tensor, dist_map: Tensor | None = None,
+                spacing: Any = None) -> Tensor:
+        """Loss of ``input`` against ``target``; ``dist_map`` the pipeline's ground-truth maps (B x C x D x H x W)
+        and ``spacing`` (B x 3, mm) each item's voxel spacing, overriding the loss's ``spacing`` for this call."""
+        return self._forward(input, target, dist_map, spacing)
 
     def classes(self, batch: LossInput) -> list[int]:
         start = 0 if (self.include_background or batch.C == 1) else 1
@@ -59,9 +76,10 @@ class HausdorffDTLoss(_DistanceLoss):
     Args:
         alpha: exponent of the distances, in (0, 4] (default 2, the paper's choice).
         include_background: default False (MONAI's default).
-        spacing: voxel spacing in mm (default (1, 1, 1)).
+        spacing: voxel spacing in mm (default (1, 1, 1)); a call's ``spacing`` (B x 3) overrides it per item.
         batch: average over the batch before the reduction (same mean; changes "none").
-        reduction, activation: as for every loss.
+        reduction, activation: as for every loss; MONAI's ``sigmoid``, ``softmax``, ``other_act`` too
+            (``d_P`` then thresholds the activated input at 0.5 per channel, as MONAI does).
 
     Same value as MONAI's ``HausdorffDTLoss`` with unit spacing. An empty (or full) ground-truth class has
     ``d_G = 0``: the loss is ``mean(p^2 d_P^alpha)``, which vanishes when the prediction is empty too.
@@ -72,17 +90,19 @@ class HausdorffDTLoss(_DistanceLoss):
 
     def __init__(self, alpha: float = 2.0, include_background: bool = False,
                  spacing: Any = (1.0, 1.0, 1.0), batch: bool = False, reduction: str = "mean",
-                 activation: str | None = None) -> None:
-        super().__init__(include_background, spacing, batch, reduction, activation)
+                 activation: str | None = None, sigmoid: bool | None = None, softmax: bool | None = None,
+                 other_act: Callable | None = None) -> None:
+        super().__init__(include_background, spacing, batch, reduction, activation, sigmoid, softmax, other_act)
         self._init_tunable("alpha", alpha)
 
     def compute(self, batch: LossInput) -> Tensor:
         cls = self.classes(batch)
         p = batch.probs()
         p = p if len(cls) == batch.C else p[:, cls[0]:]
+        spacings = batch.spacings(self.spacing)  # one per item: the call's spacing, or the loss's
         with torch.no_grad():
-            d2_g = batch.gt_signed_maps(cls, self.spacing, squared=True)  # squared distances, no sqrt
-            d2_p = batch.pred_signed_maps(cls, self.spacing, squared=True)
+            d2_g = batch.gt_signed_maps(cls, spacings, squared=True)  # squared distances, no sqrt
+            d2_p = batch.pred_signed_maps(cls, spacings, squared=True)
             a = float(self.alpha)
             dist = d2_g + d2_p if a == 2.0 else d2_g.pow(a / 2.0).add_(d2_p.pow(a / 2.0))
         if batch.label_path:
@@ -107,12 +127,13 @@ class BoundaryLoss(_DistanceLoss):
 
     Args:
         include_background: default True (MONAI's default; Kervadec et al. use the foreground classes only).
-        spacing: voxel spacing in mm (default (1, 1, 1)).
+        spacing: voxel spacing in mm (default (1, 1, 1)); a call's ``spacing`` (B x 3) overrides it per item.
         inside_offset: added to ``phi`` inside the object, in mm. Default None = the smallest spacing (1 at
-            unit spacing: Kervadec's and MONAI's map exactly); 0 uses ``phi`` as it is (then the loss scales
-            exactly with the spacing and every inside voxel pulls the prediction up).
+            unit spacing: Kervadec's and MONAI's map exactly; with a call's per-item spacing, each item's
+            smallest spacing); 0 uses ``phi`` as it is (then the loss scales exactly with the spacing and every
+            inside voxel pulls the prediction up).
         batch: average over the batch before the reduction.
-        reduction, activation: as for every loss.
+        reduction, activation: as for every loss; MONAI's ``sigmoid``, ``softmax``, ``other_act`` too.
 
     Same value as MONAI's ``BoundaryLoss`` at unit spacing. An empty (or full) class has ``phi = 0``, so it
     contributes 0 (no gradient): false positives of an absent class are left to the region term.
@@ -122,8 +143,9 @@ class BoundaryLoss(_DistanceLoss):
 
     def __init__(self, include_background: bool = True, spacing: Any = (1.0, 1.0, 1.0),
                  inside_offset: float | None = None, batch: bool = False, reduction: str = "mean",
-                 activation: str | None = None) -> None:
-        super().__init__(include_background, spacing, batch, reduction, activation)
+                 activation: str | None = None, sigmoid: bool | None = None, softmax: bool | None = None,
+                 other_act: Callable | None = None) -> None:
+        super().__init__(include_background, spacing, batch, reduction, activation, sigmoid, softmax, other_act)
         if inside_offset is not None:
             if isinstance(inside_offset, bool) or not isinstance(inside_offset, (int, float)) \
                     or not inside_offset >= 0 or inside_offset == float("inf"):
@@ -132,17 +154,25 @@ class BoundaryLoss(_DistanceLoss):
             inside_offset = float(inside_offset)
         self.inside_offset = inside_offset
 
-    def offset(self) -> float:
-        return min(self.spacing) if self.inside_offset is None else self.inside_offset
+    def offset(self, spacing: tuple[float, ...] | None = None) -> float:
+        """The inside offset in mm for ``spacing`` (default: the loss's): ``inside_offset`` or min(spacing)."""
+        if self.inside_offset is not None:
+            return self.inside_offset
+        return min(self.spacing if spacing is None else spacing)
 
     def compute(self, batch: LossInput) -> Tensor:
         cls = self.classes(batch)
         p = batch.probs()
         p = p if len(cls) == batch.C else p[:, cls[0]:]
+        spacings = batch.spacings(self.spacing)
         with torch.no_grad():
-            phi = batch.gt_signed_maps(cls, self.spacing)
-            off = self.offset()
-            if off != 0.0:
+            phi = batch.gt_signed_maps(cls, spacings)
+            offsets = [self.offset(sp) for sp in spacings]
+            if len(set(offsets)) == 1:
+                off: float | Tensor = offsets[0]
+            else:  # each item's own offset
+                off = torch.tensor(offsets, dtype=phi.dtype, device=phi.device).view(-1, 1, 1)
+            if not (isinstance(off, float) and off == 0.0):
                 phi = torch.where(phi < 0, phi + off, phi)
         per_item = (p * phi).sum(dim=2) / batch.N
         return self.finish(per_item)

@@ -35,10 +35,13 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..geometry import check_spacing
 
 __all__ = ["prediction_signed_maps", "signed_distance_maps", "signed_distance_maps_torch"]
 
@@ -121,15 +124,24 @@ def _maps_from_partition(part: np.ndarray, values: Sequence[int], spacing: Seque
     return out
 
 
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
+SpacingArg = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray, Tensor]
+
+
+def _batch_spacing(spacing: SpacingArg, batch: int, ndim: int, owner: str) -> list[tuple[float, ...]]:
+    """One spacing per sample: ``spacing`` is one spacing (``ndim`` numbers, shared) or ``batch`` rows of them."""
+    if isinstance(spacing, Tensor):
+        spacing = spacing.detach().to("cpu", torch.float64).numpy()
     try:
-        sp = tuple(float(s) for s in spacing)
-    except TypeError as exc:
-        raise ValueError(f"spacing must be a sequence of {ndim} positive numbers (mm), got {spacing!r}") from exc
-    if len(sp) != ndim or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"spacing must be {ndim} positive finite numbers (mm, one per spatial axis), "
-                         f"got {spacing!r}")
-    return sp
+        depth = np.ndim(spacing)
+    except ValueError:  # ragged nesting
+        depth = -1
+    if depth == 2:
+        rows = list(spacing)
+        if len(rows) != batch:
+            raise ValueError(f"{owner}: per-sample spacing must have one row per batch item ({batch}), "
+                             f"got {len(rows)} rows")
+        return [check_spacing(row, ndim, f"{owner} (spacing of batch item {b})") for b, row in enumerate(rows)]
+    return [check_spacing(spacing, ndim, owner)] * batch
 
 
 def _check_classes(classes: Sequence[int] | None, num_classes: int) -> list[int]:
@@ -171,7 +183,7 @@ def signed_distance_maps(label: np.ndarray, num_classes: int, spacing: Sequence[
     if label.ndim not in (3, 4) or label.size == 0:
         raise ValueError(f"label must be a D x H x W label map or a C x D x H x W one-hot/soft target, "
                          f"got shape {label.shape}")
-    sp = _check_spacing(spacing, 3)
+    sp = check_spacing(spacing, 3, "signed_distance_maps")
     if label.ndim == 3 and num_classes == 1:
         label = label[None]  # binary: a 0/1 map or a probability map, foreground = value > 0.5
     if label.ndim == 3:  # integer label map of a multi-class problem
@@ -207,45 +219,48 @@ def _is_integral(a: np.ndarray) -> bool:
     return bool(np.all(np.mod(a, 1) == 0))
 
 
-def signed_distance_maps_torch(target: Tensor, num_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+def signed_distance_maps_torch(target: Tensor, num_classes: int, spacing: SpacingArg = (1.0, 1.0, 1.0),
                                classes: Sequence[int] | None = None, parallel: int | None = None,
                                squared: bool = False) -> Tensor:
     """Batch version of :func:`signed_distance_maps`: ``B x C' x D x H x W`` float32 on ``target``'s device.
 
     ``target``: label maps ``B x D x H x W`` or ``B x 1 x D x H x W`` (integer), or one-hot/soft targets
-    ``B x C x D x H x W``. ``parallel`` defaults to ``torch.get_num_threads()``. Used by the distance losses
-    when no ``dist_map`` comes with the batch.
+    ``B x C x D x H x W``. ``spacing``: one spacing for every sample, or ``B x 3`` (one row per sample, e.g. the
+    ``spacing`` a distance loss is called with). ``parallel`` defaults to ``torch.get_num_threads()``. Used by
+    the distance losses when no ``dist_map`` comes with the batch.
     """
     threads = torch.get_num_threads() if parallel is None else int(parallel)
     t = target.detach()
     if t.ndim == 5 and t.shape[1] == 1 and (num_classes > 1 or not t.is_floating_point()):
         t = t[:, 0]
     arr = t.cpu().numpy()
+    sps = _batch_spacing(spacing, arr.shape[0], 3, "signed_distance_maps_torch")
     if threads <= 1 or arr.shape[0] == 1:
-        maps = [signed_distance_maps(arr[b], num_classes, spacing, classes, threads, squared)
+        maps = [signed_distance_maps(arr[b], num_classes, sps[b], classes, threads, squared)
                 for b in range(arr.shape[0])]
         return torch.from_numpy(np.stack(maps)).to(target.device)
     out: list[np.ndarray | None] = [None] * arr.shape[0]
 
     def one(b: int) -> None:
-        out[b] = signed_distance_maps(arr[b], num_classes, spacing, classes, 1, squared)
+        out[b] = signed_distance_maps(arr[b], num_classes, sps[b], classes, 1, squared)
 
     _run([lambda b=b: one(b) for b in range(arr.shape[0])], threads)
     return torch.from_numpy(np.stack(out)).to(target.device)  # type: ignore[arg-type]
 
 
 def prediction_signed_maps(probs: Tensor, activation: str, classes: Sequence[int],
-                           spacing: Sequence[float] = (1.0, 1.0, 1.0), parallel: int | None = None,
+                           spacing: SpacingArg = (1.0, 1.0, 1.0), parallel: int | None = None,
                            squared: bool = False) -> Tensor:
     """Signed maps ``B x C' x ...`` of the thresholded prediction ``probs > 0.5`` (as MONAI's Hausdorff loss).
 
     With ``squared`` the unsigned squared distances ``phi^2`` (what the Hausdorff loss needs for alpha = 2,
     without square roots). With a softmax the masks are disjoint, so they form a partition with a "no class"
-    value and share one multi-label EDT pass; with sigmoids each channel is its own mask.
+    value and share one multi-label EDT pass; with sigmoids (or any other activation) each channel is its own
+    mask. ``spacing``: one spacing for every sample, or one row per sample (``B x 3``).
     """
     threads = torch.get_num_threads() if parallel is None else int(parallel)
-    sp = _check_spacing(spacing, probs.ndim - 2)
     B, C = probs.shape[:2]
+    sps = _batch_spacing(spacing, B, probs.ndim - 2, "prediction_signed_maps")
     cls = _check_classes(classes, C)
     out = np.zeros((B, len(cls)) + tuple(probs.shape[2:]), dtype=np.float32)
     jobs: list[Callable[[], None]] = []
@@ -254,13 +269,13 @@ def prediction_signed_maps(probs: Tensor, activation: str, classes: Sequence[int
         part = torch.where(pmax > 0.5, idx + 1, torch.zeros_like(idx)).to(torch.uint8 if C < 255 else torch.int32)
         part_np = part.cpu().numpy().astype(_label_dtype(C + 1), copy=False)
         for b in range(B):
-            jobs += _partition_jobs(out[b], part_np[b], [c + 1 for c in cls], sp, squared)
+            jobs += _partition_jobs(out[b], part_np[b], [c + 1 for c in cls], sps[b], squared)
     else:
         masks = (probs[:, cls] > 0.5).cpu().numpy()
         for b in range(B):
             for i in range(len(cls)):
                 def job(b=b, i=i):
-                    out[b, i] = _field(masks[b, i], sp, 1, squared)
+                    out[b, i] = _field(masks[b, i], sps[b], 1, squared)
                 jobs.append(job)
     _run(jobs, threads)
     return torch.from_numpy(out).to(probs.device)

@@ -9,6 +9,12 @@ each voxel is one binary problem and the mean runs over ``B x C x voxels``, as i
 
 ``reduction="none"`` returns the per-voxel loss: ``B x D x H x W`` with a softmax, ``B x C x D x H x W`` with
 sigmoids.
+
+Probabilities instead of logits (``activation="none"``, e.g. for every term of a ``weighted_sum``; MONAI has no
+such option for these losses): the input must hold values in [0, 1] (checked: ``ValueError`` otherwise, since
+logits passed by mistake would otherwise be clamped silently) and is clamped to ``[1e-7, 1 - 1e-7]`` before the
+log (the epsilon of MONAI's unified focal loss), so a probability of exactly 0 or 1 gives a finite loss and
+gradient. C > 1 channels are one categorical distribution (``-sum_c t_c log p_c``), C = 1 is binary.
 """
 
 from __future__ import annotations
@@ -53,8 +59,20 @@ def per_voxel_cross_entropy(batch: LossInput, weight: Tensor | None = None) -> t
 
     Softmax: ``l(n) = -sum_c w_c t_c(n) log p_c(n)`` and voxel weight ``sum_c w_c t_c(n)``;
     sigmoid: ``l = -(t log p + (1 - t) log(1 - p))`` with weight ``w_1 t + w_0 (1 - t)`` (C = 1) or ``w_c``.
-    Returns ``(weighted loss, weights or None)``.
+    Probability input (no activation): the same formulas on ``clamp(p, 1e-7, 1 - 1e-7)``, categorical for
+    C > 1 and binary for C = 1. Returns ``(weighted loss, weights or None)``.
     """
+    if not batch.from_logits:
+        assert batch.soft is not None
+        p, t = batch.clamped_probs(), batch.soft
+        if batch.C > 1:
+            tw = t if weight is None else t * weight.view(1, -1, 1)
+            return -(tw * torch.log(p)).sum(dim=1), (None if weight is None else tw.sum(dim=1))
+        loss = -(t * torch.log(p) + (1.0 - t) * torch.log1p(-p))
+        if weight is None:
+            return loss, None
+        wv = weight[0] + (weight[1] - weight[0]) * t
+        return loss * wv, wv
     if batch.activation == "softmax":
         if batch.label_path:
             assert batch.labels is not None
@@ -315,7 +333,11 @@ class FocalLoss(Loss):
             combined with ``alpha``.
         include_background: if False, the terms of class 0 are dropped (the softmax still runs over all
             classes, and the mean still runs over all voxels); ignored for C = 1.
-        reduction, activation: as for every loss.
+        reduction: "mean" (over voxels; with sigmoids over elements), "sum" (MONAI's: the sum over items, and
+            with sigmoids over scored classes, of the mean over voxels) or "none" (per voxel / element).
+        activation: as for every loss (``"none"``: probabilities, clamped before the log).
+        use_softmax: MONAI's word: True = ``activation="softmax"``, False = ``activation="sigmoid"``. Note
+            that MONAI's default is the sigmoid focal loss; ours follows C (softmax for C > 1).
 
     Differences from MONAI's ``FocalLoss`` (intended): with a softmax MONAI averages over the class axis as
     well (so its value is ours divided by C, and ``gamma = 0`` gives CE / C), and with
@@ -328,8 +350,17 @@ class FocalLoss(Loss):
     tunables = {"gamma": Bounds(0.0, 10.0, doc="focusing exponent"),
                 "alpha": Bounds(0.0, 1.0, doc="balance of the foreground classes")}
 
+    #: set by compounds (MONAI's DiceFocalLoss): a sequence of length C without background drops class 0
+    weight_covers_all_classes = False
+
     def __init__(self, gamma: float = 2.0, alpha: Any = None, weight: Any = None, include_background: bool = True,
-                 reduction: str = "mean", activation: str | None = None) -> None:
+                 reduction: str = "mean", activation: str | None = None, use_softmax: bool | None = None) -> None:
+        if use_softmax is not None:
+            check_bool("use_softmax", use_softmax, f"{self.name} loss")
+            if activation is not None:
+                raise ValueError(f"{self.name} loss: give either activation={activation!r} or MONAI's use_softmax, "
+                                 "not both")
+            activation = "softmax" if use_softmax else "sigmoid"
         super().__init__(reduction=reduction, activation=activation)
         self._init_tunable("gamma", gamma)
         if alpha is None or isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
@@ -349,6 +380,8 @@ class FocalLoss(Loss):
         C, owner = batch.C, self._owner()
 
         def full(v: Tensor, what: str) -> Tensor:
+            if start and self.weight_covers_all_classes and v.numel() == C:
+                v = v[1:]
             if v.numel() != C - start:
                 raise ValueError(f"{owner}: {what} has {v.numel()} values but {C - start} classes are scored "
                                  f"(C = {C}{', background excluded' if start else ''})")
@@ -361,7 +394,7 @@ class FocalLoss(Loss):
             pos = full(a, "alpha")
         elif a is not None:
             pos = torch.full((C,), float(a), device=batch.device)
-            if batch.activation == "softmax":
+            if batch.categorical:
                 pos[0] = 1.0 - float(a)
             else:
                 neg = torch.full((C,), 1.0 - float(a), device=batch.device)
@@ -387,10 +420,18 @@ class FocalLoss(Loss):
             one_minus = one_minus.clamp_min(_TINY)
         return one_minus.pow(g)
 
+    def reduce_focal(self, loss: Tensor) -> Tensor:
+        """"mean" over everything; "sum" as MONAI: the voxel mean of each item (and class), summed."""
+        if self.reduction == "sum":
+            return loss.mean(dim=-1).sum()
+        return loss.mean()
+
     def compute(self, batch: LossInput) -> Tensor:
         C = batch.C
         start = 0 if (self.include_background or C == 1) else 1
         pos, neg = self._alpha_vectors(batch, start)
+        if not batch.from_logits:
+            return self._compute_probs(batch, start, pos, neg)
         if batch.activation == "softmax":
             if batch.label_path:
                 assert batch.labels is not None
@@ -415,7 +456,7 @@ class FocalLoss(Loss):
                 loss = term.sum(dim=1)
             if self.reduction == "none":
                 return loss.reshape((batch.B,) + batch.spatial)
-            return self.reduce(loss)
+            return self.reduce_focal(loss)
         # sigmoid, element-wise
         assert batch.soft is not None
         x, t = batch.x[:, start:], batch.soft[:, start:]
@@ -424,4 +465,28 @@ class FocalLoss(Loss):
         loss = _SigmoidFocal.apply(x, t, pos_c, neg_c, float(self.gamma))
         if self.reduction == "none":
             return loss.reshape((batch.B, C - start) + batch.spatial)
-        return self.reduce(loss)
+        return self.reduce_focal(loss)
+
+    def _compute_probs(self, batch: LossInput, start: int, pos: Tensor | None, neg: Tensor | None) -> Tensor:
+        """The focal loss of probabilities ``p`` (no activation), clamped to [1e-7, 1 - 1e-7] before the log:
+        categorical ``-sum_c a_c t_c (1 - p_c)^gamma log p_c`` for C > 1, binary for C = 1."""
+        assert batch.soft is not None
+        p, t = batch.clamped_probs()[:, start:], batch.soft[:, start:]
+        if batch.categorical:
+            term = -self._modulator(1.0 - p) * torch.log(p) * t
+            if pos is not None:
+                term = term * pos[start:].view(1, -1, 1)
+            loss = term.sum(dim=1)
+            if self.reduction == "none":
+                return loss.reshape((batch.B,) + batch.spatial)
+            return self.reduce_focal(loss)
+        pos_term = -self._modulator(1.0 - p) * torch.log(p) * t
+        neg_term = -self._modulator(p) * torch.log1p(-p) * (1.0 - t)
+        if pos is not None:
+            pos_term = pos_term * pos[start:].view(1, -1, 1)
+        if neg is not None:
+            neg_term = neg_term * neg[start:].view(1, -1, 1)
+        loss = pos_term + neg_term
+        if self.reduction == "none":
+            return loss.reshape((batch.B, batch.C - start) + batch.spatial)
+        return self.reduce_focal(loss)

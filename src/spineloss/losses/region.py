@@ -18,11 +18,16 @@ Common arguments (MONAI's words and defaults):
         MONAI's ``DiceLoss(weight=...)``.
     soft_label: with soft targets, ``TP = (sum p + sum t - sum |p - t|) / 2`` (Wang & Blaschko 2023, Dice
         semimetric losses), which is minimal at ``p = t``; identical to the default for hard targets.
-    reduction, activation: as for every loss.
+    reduction, activation: as for every loss. MONAI's ``sigmoid``, ``softmax`` and ``other_act`` are accepted with
+        MONAI's meaning: ``sigmoid=False, softmax=False`` (MONAI's defaults, written out) uses the input as
+        probabilities, without an activation and without a range check (as MONAI: e.g. its tests feed
+        ``other_act=log_softmax``); ``other_act=f`` uses ``f(input)``. With no argument the input is logits
+        (softmax for C > 1, sigmoid for C = 1).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,6 +46,13 @@ __all__ = [
 
 _TINY = torch.finfo(torch.float32).tiny
 
+def _nonzero(den: Tensor) -> Tensor:
+    """``den`` with exact zeros replaced by the smallest positive float. With probabilities in [0, 1] a
+    denominator is at least ``smooth_dr > 0``; without an activation the input may hold anything (MONAI's
+    tests use ``other_act=log_softmax``), and then, as in MONAI, a negative denominator is kept as it is."""
+    return torch.where(den == 0, torch.full_like(den, _TINY), den)
+
+
 _SMOOTH = {
     "smooth_nr": Bounds(0.0, 1.0, doc="added to the numerator"),
     "smooth_dr": Bounds(0.0, 1.0, low_inclusive=False, doc="added to the denominator (> 0: no 0/0)"),
@@ -53,10 +65,15 @@ class _RegionLoss(Loss):
     uses_label_stats = True
     tunables = dict(_SMOOTH)
 
+    #: set by compounds (MONAI's DiceFocalLoss): a weight of length C without background drops class 0
+    weight_covers_all_classes = False
+
     def __init__(self, include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
                  batch: bool = False, weight: Any = None, soft_label: bool = False, reduction: str = "mean",
-                 activation: str | None = None) -> None:
-        super().__init__(reduction=reduction, activation=activation)
+                 activation: str | None = None, sigmoid: bool | None = None, softmax: bool | None = None,
+                 other_act: Callable | None = None) -> None:
+        super().__init__(reduction=reduction, activation=activation, sigmoid=sigmoid, softmax=softmax,
+                         other_act=other_act)
         owner = self._owner()
         self.include_background = check_bool("include_background", include_background, owner)
         self.batch = check_bool("batch", batch, owner)
@@ -89,6 +106,9 @@ class _RegionLoss(Loss):
         f = self.score(self.counts(batch))
         if self.weight is not None:
             w = self.weight.to(f.device)
+            if (w.ndim == 1 and self.weight_covers_all_classes and not self.include_background
+                    and w.numel() == f.shape[1] + 1):
+                w = w[1:]
             if w.ndim == 1 and w.numel() != f.shape[1]:
                 raise ValueError(f"{self._owner()}: weight has {w.numel()} values but {f.shape[1]} classes are "
                                  "scored (without background the weights must not include class 0)")
@@ -97,7 +117,7 @@ class _RegionLoss(Loss):
 
     @staticmethod
     def _ratio(num: Tensor, den: Tensor) -> Tensor:
-        return num / den.clamp_min(_TINY)
+        return num / _nonzero(den)
 
 
 class _OverlapLoss(_RegionLoss):
@@ -105,9 +125,10 @@ class _OverlapLoss(_RegionLoss):
 
     def __init__(self, include_background: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None, soft_label: bool = False,
-                 reduction: str = "mean", activation: str | None = None) -> None:
+                 reduction: str = "mean", activation: str | None = None, sigmoid: bool | None = None,
+                 softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
+                         activation, sigmoid, softmax, other_act)
         self.squared = check_bool("squared_pred", squared_pred, self._owner())
 
     def _sums(self, c: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -149,7 +170,7 @@ def _tversky_index(c: dict[str, Tensor], a_fp: float, b_fn: float, nr: float, dr
     tp = c["tp"]
     fp = c["sp"] - tp
     fn = c["st"] - tp
-    return (tp + nr) / (tp + a_fp * fp + b_fn * fn + dr).clamp_min(_TINY)
+    return (tp + nr) / _nonzero(tp + a_fp * fp + b_fn * fn + dr)
 
 
 class TverskyLoss(_RegionLoss):
@@ -166,9 +187,10 @@ class TverskyLoss(_RegionLoss):
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, include_background: bool = True,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None,
-                 soft_label: bool = False, reduction: str = "mean", activation: str | None = None) -> None:
+                 soft_label: bool = False, reduction: str = "mean", activation: str | None = None,
+                 sigmoid: bool | None = None, softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
+                         activation, sigmoid, softmax, other_act)
         self._init_tunable("alpha", alpha)
         self._init_tunable("beta", beta)
 
@@ -191,9 +213,10 @@ class AsymmetricLoss(_RegionLoss):
 
     def __init__(self, beta: float = 1.5, include_background: bool = True, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None, soft_label: bool = False,
-                 reduction: str = "mean", activation: str | None = None) -> None:
+                 reduction: str = "mean", activation: str | None = None,
+                 sigmoid: bool | None = None, softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
+                         activation, sigmoid, softmax, other_act)
         self._init_tunable("beta", beta)
 
     def score(self, c: dict[str, Tensor]) -> Tensor:
@@ -225,9 +248,10 @@ class EffectivenessLoss(_RegionLoss):
 
     def __init__(self, alpha: float = 0.5, include_background: bool = True, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, weight: Any = None, soft_label: bool = False,
-                 reduction: str = "mean", activation: str | None = None) -> None:
+                 reduction: str = "mean", activation: str | None = None,
+                 sigmoid: bool | None = None, softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
+                         activation, sigmoid, softmax, other_act)
         self._init_tunable("alpha", alpha)
 
     def score(self, c: dict[str, Tensor]) -> Tensor:
@@ -253,9 +277,10 @@ class FocalTverskyLoss(_RegionLoss):
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 4.0 / 3.0,
                  include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
                  batch: bool = False, weight: Any = None, soft_label: bool = False, reduction: str = "mean",
-                 activation: str | None = None) -> None:
+                 activation: str | None = None,
+                 sigmoid: bool | None = None, softmax: bool | None = None, other_act: Callable | None = None) -> None:
         super().__init__(include_background, smooth_nr, smooth_dr, batch, weight, soft_label, reduction,
-                         activation)
+                         activation, sigmoid, softmax, other_act)
         self._init_tunable("alpha", alpha)
         self._init_tunable("beta", beta)
         self._init_tunable("gamma", gamma)

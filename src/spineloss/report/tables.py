@@ -1,11 +1,13 @@
 """Paper-style results tables from an experiment folder.
 
 Rows are losses, columns Acc, Dice, F2, IoU, Precision, Recall (percent) and Hausdorff (mm); each
-cell is ``mean ± (std)`` over folds of the fold's mean over its validation cases of the label-mean
-entry (``"mean"``: the average over the foreground labels, L1..L5 or the single binary label). The
-best value of each column is bold (highest; lowest for Hausdorff). Distances that are NaN for some
-cases (one mask empty) are left out of that case mean and counted: a cell then carries ``[n NaN]``,
-so a failure is reported, never silently dropped.
+cell is ``mean ± (std)`` over folds of the fold's mean over its test cases of the label-mean entry
+(``"mean"``: the average over the foreground labels, L1..L5 or the single binary label). The best
+value of each column is bold (highest; lowest for Hausdorff). A dagger (†) on a Dice or Hausdorff cell
+marks a loss that differs from that column's best by a paired Wilcoxon signed-rank test on per-case
+values, Holm-corrected (:mod:`spineloss.report.stats`, listed in ``stats.csv``). Distances that are
+NaN for some cases (one mask empty) are left out of that case mean and counted: a cell then carries
+``[n NaN]``, so a failure is reported, never silently dropped.
 """
 from __future__ import annotations
 
@@ -103,12 +105,24 @@ def _best(rows: dict[str, dict[str, Cell]]) -> dict[str, str | None]:
     return best
 
 
-def _table(rows, bold) -> list[list[str]]:
+#: The columns that carry significance marks, and the per-case metric behind each.
+MARKED_COLUMNS = {"Dice": "dice", "Hausdorff": "hd"}
+
+
+def _table(rows, bold, marks: dict | None = None, dagger: str = "†", distance: str = "hd") -> list[list[str]]:
+    """Cells as text; ``marks[(loss, metric)]`` True adds ``dagger`` (significantly worse than the best)."""
     best = _best(rows)
+    marks = marks or {}
     out = []
     for loss, cells in rows.items():
-        out.append([loss] + [bold(cells[t].text()) if best[t] == loss else cells[t].text()
-                             for t, *_ in COLUMNS])
+        line = [loss]
+        for t, *_ in COLUMNS:
+            text = bold(cells[t].text()) if best[t] == loss else cells[t].text()
+            metric = MARKED_COLUMNS.get(t)
+            if metric is not None and marks.get((loss, distance if metric == "hd" else metric)):
+                text += dagger
+            line.append(text)
+        out.append(line)
     return out
 
 
@@ -117,32 +131,34 @@ def _headers(distance: str) -> list[str]:
                        for t, *_ in COLUMNS]
 
 
-def format_markdown(rows, distance: str = "hd") -> str:
-    """GitHub Markdown table, best of each column in ``**bold**``."""
+def format_markdown(rows, distance: str = "hd", marks: dict | None = None) -> str:
+    """GitHub Markdown table, best of each column in ``**bold**``, † where ``marks`` says so."""
     head = _headers(distance)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _table(rows, lambda s: f"**{s}**")]
+    lines += ["| " + " | ".join(r) + " |" for r in _table(rows, lambda s: f"**{s}**", marks, distance=distance)]
     return "\n".join(lines) + "\n"
 
 
-def format_latex(rows, distance: str = "hd") -> str:
-    """A ``booktabs`` LaTeX table, best of each column in ``\\textbf``."""
+def format_latex(rows, distance: str = "hd", marks: dict | None = None) -> str:
+    """A ``booktabs`` LaTeX table, best of each column in ``\\textbf``, ``$^\\dagger$`` where ``marks`` says so."""
     def esc(s: str) -> str:
-        return s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("[", "{[").replace("]", "]}")
+        return (s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("[", "{[").replace("]", "]}")
+                .replace("@DAGGER@", r"$^\dagger$"))
     head = _headers(distance)
     lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
              " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in _table(rows, lambda s: r"\textbf{" + s + "}")]
+    lines += [" & ".join(esc(c) for c in r) + r" \\"
+              for r in _table(rows, lambda s: r"\textbf{" + s + "}", marks, "@DAGGER@", distance)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def format_terminal(rows, distance: str = "hd", color: bool | None = None) -> str:
+def format_terminal(rows, distance: str = "hd", color: bool | None = None, marks: dict | None = None) -> str:
     """Aligned plain-text table; the best cells bold (ANSI) on a terminal, else ``*starred*``."""
     if color is None:
         color = sys.stdout.isatty()
     bold = (lambda s: f"\033[1m{s}\033[0m") if color else (lambda s: f"*{s}*")
-    table = [_headers(distance)] + _table(rows, bold)
+    table = [_headers(distance)] + _table(rows, bold, marks, distance=distance)
     visible = [[_strip_ansi(c) for c in r] for r in table]
     widths = [max(len(r[i]) for r in visible) for i in range(len(table[0]))]
     lines = []
@@ -175,17 +191,35 @@ def format_csv(rows) -> str:
     return buf.getvalue()
 
 
-def write_summary(run_dir: str | Path, distance: str = "hd", label: str = "mean") -> str:
-    """Write ``summary.md``, ``summary.csv`` and ``summary.tex`` in ``run_dir``; return the terminal table."""
+def run_settings(run_dir: str | Path) -> dict:
+    """The run folder's ``experiment.json`` (the resolved config and its protocol), or ``{}``."""
+    path = Path(run_dir) / "experiment.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_summary(run_dir: str | Path, distance: str | None = None, label: str = "mean",
+                  alpha: float = 0.05) -> str:
+    """Write ``summary.md``, ``summary.csv``, ``summary.tex`` and ``stats.csv`` in ``run_dir``; return the
+    terminal table. ``distance``: ``hd`` or ``hd95`` (default: the run's ``table_distance``)."""
+    from .stats import significance_marks, write_stats
+
     run_dir = Path(run_dir)
+    settings = run_settings(run_dir)
+    distance = distance or settings.get("table_distance", "hd")
     results = collect_results(run_dir)
     if not results:
         raise ValueError(f"{run_dir}: no finished runs (no <loss>/fold<k>/metrics.json)")
     rows = summary_rows(results, label=label, distance=distance)
+    comparisons = write_stats(run_dir, metrics=(("dice", True), (distance, False)), label=label, alpha=alpha)
+    marks = significance_marks(comparisons)
     folds = {loss: len(f) for loss, f in results.items()}
+    protocol = settings.get("protocol", "Protocol not recorded (a run folder of an older spineloss).")
     note = (f"\nMean ± (std) over folds ({', '.join(f'{k}: {v}' for k, v in folds.items())}) of the "
-            f"per-fold mean over validation cases; label entry '{label}'.\n")
-    (run_dir / "summary.md").write_text(format_markdown(rows, distance) + note)
+            f"per-fold mean over its test cases; label entry '{label}'. {protocol} "
+            f"†: differs from the column's best loss in a paired two-sided Wilcoxon signed-rank test on "
+            f"per-case values over the cases both scored, Holm-corrected over the losses, p < {alpha:g} "
+            "(stats.csv).\n")
+    (run_dir / "summary.md").write_text(format_markdown(rows, distance, marks) + note)
     (run_dir / "summary.csv").write_text(format_csv(rows))
-    (run_dir / "summary.tex").write_text(format_latex(rows, distance))
-    return format_terminal(rows, distance)
+    (run_dir / "summary.tex").write_text(format_latex(rows, distance, marks))
+    return format_terminal(rows, distance, marks=marks) + note
