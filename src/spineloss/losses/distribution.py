@@ -449,11 +449,7 @@ class FocalLoss(Loss):
             else:
                 assert batch.soft is not None
                 logp = batch.log_probs()[:, start:]
-                t = batch.soft[:, start:]
-                term = -self._modulator(-torch.expm1(logp)) * logp * t
-                if pos is not None:
-                    term = term * pos[start:].view(1, -1, 1)
-                loss = term.sum(dim=1)
+                return self._categorical_soft(-torch.expm1(logp), logp, batch.soft[:, start:], pos, start, batch)
             if self.reduction == "none":
                 return loss.reshape((batch.B,) + batch.spatial)
             return self.reduce_focal(loss)
@@ -467,19 +463,24 @@ class FocalLoss(Loss):
             return loss.reshape((batch.B, C - start) + batch.spatial)
         return self.reduce_focal(loss)
 
+    def _categorical_soft(self, one_minus_p: Tensor, logp: Tensor, t: Tensor, pos: Tensor | None, start: int,
+                          batch: LossInput) -> Tensor:
+        """``-sum_c a_c t_c (1 - p_c)^gamma log p_c`` over the scored classes, then reduced."""
+        term = -self._modulator(one_minus_p) * logp * t
+        if pos is not None:
+            term = term * pos[start:].view(1, -1, 1)
+        loss = term.sum(dim=1)
+        if self.reduction == "none":
+            return loss.reshape((batch.B,) + batch.spatial)
+        return self.reduce_focal(loss)
+
     def _compute_probs(self, batch: LossInput, start: int, pos: Tensor | None, neg: Tensor | None) -> Tensor:
         """The focal loss of probabilities ``p`` (no activation), clamped to [1e-7, 1 - 1e-7] before the log:
         categorical ``-sum_c a_c t_c (1 - p_c)^gamma log p_c`` for C > 1, binary for C = 1."""
         assert batch.soft is not None
         p, t = batch.clamped_probs()[:, start:], batch.soft[:, start:]
         if batch.categorical:
-            term = -self._modulator(1.0 - p) * torch.log(p) * t
-            if pos is not None:
-                term = term * pos[start:].view(1, -1, 1)
-            loss = term.sum(dim=1)
-            if self.reduction == "none":
-                return loss.reshape((batch.B,) + batch.spatial)
-            return self.reduce_focal(loss)
+            return self._categorical_soft(1.0 - p, torch.log(p), t, pos, start, batch)
         pos_term = -self._modulator(1.0 - p) * torch.log(p) * t
         neg_term = -self._modulator(p) * torch.log1p(-p) * (1.0 - t)
         if pos is not None:
