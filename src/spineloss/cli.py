@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="3 losses x 3 folds on built-in synthetic lumbar MRI")
     p.add_argument("--quick", action="store_true", help="tiny volumes, well under a minute (smoke test)")
     p.add_argument("--out", help="output folder (default runs/demo or runs/demo_quick)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="folds, initialisation, sampling, augmentation (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue interrupted runs (default) or restart them (--no-resume)")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "are deleted); without it the command stops and names what changed")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted (loss, fold) from its last.pt (default); --no-resume "
-                        "restarts it from scratch. Finished runs (metrics.json) are never run again.")
+                        "restarts it from scratch. A finished run is reused while its recorded config is unchanged (see --force).")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_experiment)
 
