@@ -104,17 +104,24 @@ def test_spacing_forms_and_compound_pass_through():
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (torch.ones(3, 3), r"shape B x 3 = \(2, 3\).*got shape \(3, 3\)"),
-    (torch.ones(3), r"shape B x 3 = \(2, 3\).*loss's spacing instead"),
+    (torch.ones(3, 3), r"one row per batch item \(2\), got 3 rows"),
+    (torch.ones(2), r"spacing must be 3 positive finite numbers.*got 2 value"),
     (torch.tensor([[1.0, 1.0, 1.0], [1.0, -2.0, 1.0]]), r"spacing of batch item 1\): spacing must be 3 positive"),
     (torch.tensor([[1.0, 1.0, float("nan")], [1.0, 1.0, 1.0]]), "batch item 0"),
-    ("1x1x1", "B x 3"),
+    ("1x1x1", "got the string"),
 ])
 def test_bad_per_sample_spacing_is_named(bad, msg):
     logits, labels = blobs()
     for name in ("hausdorff", "boundary", "dice_ce"):
         with pytest.raises(ValueError, match=msg):
             build_loss(name)(logits, labels, spacing=bad)
+
+
+def test_one_spacing_in_the_call_is_every_items_spacing():
+    logits, labels = blobs()
+    for name in ("hausdorff", "boundary"):
+        torch.testing.assert_close(build_loss(name)(logits, labels, spacing=torch.tensor([1.0, 2.0, 3.0])),
+                                   build_loss(name, spacing=(1.0, 2.0, 3.0))(logits, labels))
 
 
 # ------------------------------------------------------------------------------- the one spacing check

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,92 @@ def test_interrupted_grid_resumes_to_the_same_numbers(tmp_path, monkeypatch):
             a = json.loads((tmp_path / "full" / loss / f"fold{k}" / "metrics.json").read_text())
             b = json.loads((tmp_path / "cut" / loss / f"fold{k}" / "metrics.json").read_text())
             assert json.dumps(a["cases"], sort_keys=True) == json.dumps(b["cases"], sort_keys=True)
+
+
+def test_training_sees_only_its_training_cases(tmp_path, monkeypatch):
+    import spineloss.experiment as experiment
+    seen = []
+    real = experiment.train_fold
+
+    def spy(train_cases, val_cases, *args, **kwargs):
+        seen.append(({c.case_id for c in train_cases}, {c.case_id for c in val_cases}))
+        return real(train_cases, val_cases, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_fold", spy)
+    run_experiment(_config(selection="inner", inner_val_fraction=0.34), tmp_path / "r", progress=False,
+                   pictures=False)
+    folds = json.loads((tmp_path / "r" / "folds.json").read_text())
+    assert len(seen) == 4
+    for (train, inner), fold in zip(seen, folds * 2):
+        assert train == set(fold["train"]) and inner == set(fold["inner_val"])
+        assert not (train | inner) & set(fold["test"]) and not train & inner
+        assert len(train | inner | set(fold["test"])) == 6
+
+
+def test_pictures_show_the_best_and_the_worst_test_case(tmp_path):
+    out = tmp_path / "run"
+    run_experiment(_config(), out, progress=False)
+    for loss in ("dice", "ce"):
+        dice = {}
+        for path in (out / loss).glob("fold*/cases.csv"):
+            with open(path) as f:
+                dice.update({r["case"]: float(r["dice_mean"]) for r in csv.DictReader(f)})
+        names = sorted(p.name for p in (out / loss / "pictures").glob("*.png"))
+        best = max(sorted(dice), key=lambda c: dice[c])
+        worst = min(sorted(dice), key=lambda c: dice[c])
+        assert names == sorted([f"best_{best}.png", f"worst_{worst}.png"])
+
+
+def _raw(folds=2, epochs=1, losses=("dice", "ce"), data=None):
+    return {"experiment": {"name": "p", "folds": folds, "seed": 0},
+            "data": data or {"phantom": {"region": "lumbar", "cases": 6, "shape": [32, 32, 24], "seed": 0},
+                             "label_mode": "binary"},
+            "model": {"channels": [4, 8]},
+            "training": {"epochs": epochs, "iterations_per_epoch": 1, "batch_size": 2},
+            "augment": {"p_affine": 0.0, "p_noise": 0.0},
+            "losses": list(losses)}
+
+
+def test_a_table_never_mixes_configs(tmp_path):
+    out = tmp_path / "run"
+    run_experiment(config_from_dict(_raw(folds=3)), out, progress=False, pictures=False)
+    # a --losses subset with another config: the other loss's runs are stale too
+    with pytest.raises(ValueError, match=r"(?s)ce fold 0: training.epochs: 1 -> 2.*dice fold 0"):
+        run_experiment(config_from_dict(_raw(folds=3, epochs=2)), out, progress=False, pictures=False,
+                       only_losses=["dice"])
+    # a loss removed from the config
+    with pytest.raises(ValueError, match=r"ce fold 1: not part of this config"):
+        run_experiment(config_from_dict(_raw(folds=3, losses=("dice",))), out, progress=False, pictures=False)
+    # fewer folds: every split changes; --force deletes what does not belong, fold 2 included
+    table = run_experiment(config_from_dict(_raw(folds=2, losses=("dice",))), out, progress=False, pictures=False,
+                           force=True)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name not in ("data", "cache")) == ["dice"]
+    assert sorted(p.name for p in (out / "dice").iterdir()) == ["fold0", "fold1"]
+    rows = [line.split()[0] for line in table.splitlines()[2:] if line.strip() and not line.startswith("Mean")]
+    assert rows == ["dice"]
+
+
+def test_the_data_are_compared_by_content_not_path(tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from spineloss.data.phantom import write_phantom_dataset
+    data = write_phantom_dataset(tmp_path / "d", "lumbar", cases=4, seed=0, shape=(32, 32, 24))
+    out = tmp_path / "run"
+    raw = _raw(losses=("dice",), data={"path": str(data), "label_mode": "binary"})
+    run_experiment(config_from_dict(raw), out, progress=False, pictures=False)
+    moved = Path(shutil.copytree(data, tmp_path / "moved"))
+    for f in moved.rglob("*.nii.gz"):  # a copy with new modification times
+        f.touch()
+    run_experiment(config_from_dict({**raw, "data": {"path": str(moved), "label_mode": "binary"}}), out,
+                   progress=False, pictures=False)  # reused: same contents
+    label = next((moved / "labelsTr").glob("*.nii.gz"))
+    img = nib.load(str(label))
+    changed = np.asarray(img.dataobj).copy()
+    changed[changed > 0] = 0
+    nib.save(nib.Nifti1Image(changed, img.affine), str(label))
+    with pytest.raises(ValueError, match="data.files: the image or label files differ"):
+        run_experiment(config_from_dict({**raw, "data": {"path": str(moved), "label_mode": "binary"}}), out,
+                       progress=False, pictures=False)

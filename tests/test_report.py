@@ -65,18 +65,26 @@ def test_write_summary_files(tmp_path):
 
 def test_significance_daggers_and_protocol_note(tmp_path):
     """ce is 0.08 Dice below dice on each of the 16 paired cases: significant, so its Dice cell has a
-    dagger; its HD95 is lower than dice's on most cases (it is the best there), so dice's HD95 cell does."""
+    dagger. ce has the lower (best) mean HD95, and the dagger on dice's HD95 cell follows stats.csv."""
     run = _run(tmp_path, {"table_distance": "hd95", "protocol": "PROTOCOL SENTENCE."})
     write_summary(run)  # the distance column defaults to the run's table_distance
     md = (run / "summary.md").read_text()
-    ce = next(line for line in md.splitlines() if line.startswith("| ce |")).split(" | ")
-    dice = next(line for line in md.splitlines() if line.startswith("| dice |")).split(" | ")
+    def cells(loss):
+        line = next(line for line in md.splitlines() if line.startswith(f"| {loss} |"))
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    ce, dice = cells("ce"), cells("dice")
+    assert len(ce) == 8 and ce[0] == "ce"
     assert ce[2].endswith("†") and not dice[2].endswith("†")            # Dice column
     assert "HD95" in md.splitlines()[0]
     assert "PROTOCOL SENTENCE." in md and "Holm" in md
     assert r"$^\dagger$" in (run / "summary.tex").read_text()
-    stats = (run / "stats.csv").read_text()
-    assert "dice,mean,ce,dice" in stats and "hd95,mean" in stats
+    from spineloss.report.stats import read_stats
+    stats = {(c.metric, c.loss): c for c in read_stats(run / "stats.csv")}
+    assert set(stats) == {("dice", "ce"), ("hd95", "dice")}      # each against the bolded best
+    assert stats[("dice", "ce")].best == "dice" and stats[("dice", "ce")].significant
+    assert stats[("hd95", "dice")].best == "ce" and ce[7].startswith("**")
+    assert dice[7].endswith("†") == stats[("hd95", "dice")].significant
+    assert "selection" in (run / "stats.csv").read_text().splitlines()[0]
 
 
 def test_empty_run_is_an_error(tmp_path):

@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
 from .postprocess import PostprocessConfig
@@ -50,12 +51,12 @@ __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_fo
 log = logging.getLogger("spineloss.experiment")
 
 
-#: ``[experiment] selection``: how the model that is scored is chosen.
-SELECTION_RULES = {
-    "last": "no selection: the model after the last epoch",
-    "inner": "the epoch with the best Dice on an inner validation split drawn (seeded) from the fold's "
-             "training cases",
-}
+#: ``[experiment] selection``: how the scored model is chosen (:func:`protocol_text` says it in words).
+SELECTION_RULES = ("last", "inner")
+
+#: Bumped when a change of spineloss changes the numbers a run produces with the same config, so that
+#: runs recorded before are not reused (:func:`run_config`).
+RESULTS_VERSION = 2
 
 
 def protocol_text(selection: str, inner_val_fraction: float) -> str:
@@ -76,7 +77,9 @@ class LossSpec:
     params: dict = field(default_factory=dict)
 
     def build(self, spacing: tuple[float, float, float] | None = None):
-        """The loss module; distance losses get ``spacing`` (mm) unless the params set it."""
+        """The loss module; distance losses get ``spacing`` (mm) unless the params set it. In training
+        each batch item's own spacing is passed with its distance maps (computed at that spacing in
+        the data pipeline) and takes precedence; this one applies when the loss is called without."""
         from .losses import build_loss
         loss = build_loss(self.loss, **self.params)
         if spacing is not None and getattr(loss, "needs_distance_maps", False) and "spacing" not in self.params:
@@ -316,20 +319,56 @@ def resolve_data(config: ExperimentConfig, out_dir: Path) -> Path:
 
 
 #: Config entries that change how fast or where a run goes, not its numbers: left out of the comparison
-#: that decides whether a finished run can be reused.
+#: that decides whether a finished run can be reused. (The data are compared by content, not by path.)
 _NOT_COMPARED = {"name", "output", "table_distance", "data.path", "data.cache", "training.num_workers",
-                 "training.threads"}
+                 "training.threads", "training.device", "training.amp"}
+#: Entries that matter only when the scored model is chosen on an inner split.
+_SELECTION_ONLY = {"inner_val_fraction", "training.val_every"}
 
 
-def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit) -> dict:
-    """Everything that determines the numbers of one (loss, fold) run: the resolved config with this
-    loss only, and the fold's case ids. A finished run is reused only when this is unchanged."""
+def data_fingerprints(cases) -> dict[str, str]:
+    """``{case_id: hash}`` of each case's image and label file contents (BLAKE2b, 16 hex digits): the
+    identity of the data a run trained and was scored on, wherever the folder lies."""
+    import hashlib
+    out = {}
+    for case in cases:
+        h = hashlib.blake2b(digest_size=8)
+        for path in list(case.image_paths) + ([case.label_path] if case.label_path else []):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        out[case.case_id] = h.hexdigest()
+    return out
+
+
+def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit,
+               fingerprints: dict[str, str] | None = None) -> dict:
+    """Everything that determines the numbers of one (loss, fold) run, flattened to ``section.key``:
+    the config with this loss only, the fold's case ids, the contents of their files
+    (``fingerprints``, :func:`data_fingerprints`), the device and autocast dtype the config resolves to
+    here, and :data:`RESULTS_VERSION`. A finished run is reused only when this is unchanged."""
+    from .training import resolve_amp, resolve_device
     d = config.to_dict()
     d.pop("losses")
     d["loss"] = asdict(spec)
     d["split"] = split.to_dict()
     flat = _flatten(d)
-    return {k: v for k, v in flat.items() if k not in _NOT_COMPARED}
+    skip = _NOT_COMPARED | (_SELECTION_ONLY if config.selection == "last" else set())
+    out = {k: v for k, v in flat.items() if k not in skip}
+    if fingerprints is not None:
+        ids = sorted(split.train + split.inner_val + split.test)
+        out["data.files"] = _digest([f"{i}:{fingerprints[i]}" for i in ids])
+    device = resolve_device(config.training.device)
+    amp = resolve_amp(config.training.amp, device)
+    out["resolved.device"] = device.type
+    out["resolved.amp"] = str(amp).replace("torch.", "") if amp is not None else "fp32"
+    out["resolved.results_version"] = RESULTS_VERSION
+    return out
+
+
+def _digest(items: Sequence[str]) -> str:
+    import hashlib
+    return hashlib.blake2b("\n".join(items).encode(), digest_size=8).hexdigest()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -343,68 +382,86 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(recorded: dict | None, current: dict) -> list[str]:
-    """``["training.epochs: 16 -> 20", ...]``: what differs between a run's recorded config and now."""
+def config_differences(recorded: dict | None, current: dict | None) -> list[str]:
+    """``["training.epochs: 16 -> 20", ...]``: what differs between a run's recorded config and now
+    (``current`` None: the run is not part of the current config at all)."""
+    if current is None:
+        return ["not part of this config (a loss or fold it no longer has)"]
     if recorded is None:
         return ["the run was recorded without its config (an older spineloss)"]
     out = []
     for key in sorted(set(recorded) | set(current)):
         old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:
-            if key == "split.train" or key.startswith("split.") and isinstance(old, list):
+            if key.startswith("split.") and isinstance(old, list):
                 out.append(f"{key}: the cases differ")
+            elif key == "data.files":
+                out.append("data.files: the image or label files differ")
             else:
                 out.append(f"{key}: {old!r} -> {new!r}")
     return out
 
 
-def _recorded_run_config(run_dir: Path) -> tuple[bool, dict | None]:
-    """``(something recorded, its run_config)`` from ``metrics.json`` or ``run.json``."""
+def _recorded_run_config(run_dir: Path) -> tuple[bool, bool, dict | None]:
+    """``(something recorded, finished, its run_config)`` from ``metrics.json`` or ``run.json``."""
     for name in ("metrics.json", "run.json"):
         path = run_dir / name
         if path.exists():
-            return True, json.loads(path.read_text()).get("run_config")
-    return (run_dir / "last.pt").exists() or (run_dir / "model.pt").exists(), None
+            return True, name == "metrics.json", json.loads(path.read_text()).get("run_config")
+    return (run_dir / "last.pt").exists() or (run_dir / "model.pt").exists(), False, None
 
 
-def _check_reruns(out_dir: Path, plan, force: bool) -> None:
-    """Refuse (or, with ``force``, clear) runs whose recorded config differs from the current one."""
+def _check_run_folder(out_dir: Path, expected: dict[tuple[str, int], dict], force: bool, resume: bool) -> None:
+    """Every run in ``out_dir`` must belong to the current config, so a table never mixes configs.
+
+    ``expected``: ``{(loss, fold): run_config}`` of the whole current config (all its losses, also
+    those a ``--losses`` subset leaves out). A run recorded with another config, or not part of this
+    one (a removed loss, a fold beyond ``folds``), stops the command with what differs; ``force``
+    deletes those runs instead. An unfinished run is simply restarted when ``resume`` is off.
+    """
     import shutil
-    changed = []
-    for spec, split, current in plan:
-        run_dir = out_dir / spec.name / f"fold{split.fold}"
-        present, recorded = _recorded_run_config(run_dir)
-        if not present:
+    changed, emptied = [], set()
+    for run_dir in sorted(p for p in out_dir.glob("*/fold*") if p.is_dir()):
+        try:
+            key = (run_dir.parent.name, int(run_dir.name[len("fold"):]))
+        except ValueError:
             continue
-        diffs = config_differences(recorded, current)
+        present, finished, recorded = _recorded_run_config(run_dir)
+        if not present or (not finished and not resume and key in expected):
+            continue
+        diffs = config_differences(recorded, expected.get(key))
         if diffs:
             if force:
                 shutil.rmtree(run_dir)
+                emptied.add(run_dir.parent)
             else:
-                changed.append(f"  {spec.name} fold {split.fold}: " + "; ".join(diffs[:6])
+                changed.append(f"  {key[0]} fold {key[1]}: " + "; ".join(diffs[:6])
                                + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""))
+    for loss_dir in emptied:  # a loss whose folds were all deleted goes, its pictures with it
+        if not any(loss_dir.glob("fold*")):
+            shutil.rmtree(loss_dir)
     if changed:
-        raise ValueError(f"{out_dir} holds runs made with another config:\n" + "\n".join(changed)
-                         + "\nRerun them with --force (their results are deleted), or use another --out folder.")
+        raise ValueError(f"{out_dir} holds runs that do not belong to this config:\n" + "\n".join(changed)
+                         + "\nRerun with --force (those runs are deleted), or use another --out folder.")
 
 
-def _write_cases_csv(path: Path, per_case: dict) -> None:
+def _write_cases_csv(path: Path, per_case: dict, selection: str) -> None:
     """``cases.csv``: one row per test case, a column per (metric, label): ``dice_1``, ``hd_foreground``,
-    ``dice_mean``, ... (labels as in ``metrics.json``; NaN written as ``nan``)."""
+    ``dice_mean``, ... (labels as in ``metrics.json``; NaN written as ``nan``), and the ``selection``
+    rule that chose the scored model (``last_epoch`` or ``best_inner_val_dice``)."""
     import csv
     import io
     from .metrics import METRIC_NAMES
-    keys = sorted({k for m in per_case.values() for k in m}, key=lambda k: (not k.isdigit(), int(k) if k.isdigit()
-                                                                          else 0, k))
+    keys = sorted({k for m in per_case.values() for k in m},
+                  key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case"] + [f"{m}_{k}" for k in keys for m in METRIC_NAMES])
+    writer.writerow(["case"] + [f"{m}_{k}" for k in keys for m in METRIC_NAMES] + ["selection"])
     for case_id in sorted(per_case):
         row = per_case[case_id]
         writer.writerow([case_id] + [repr(float(row.get(k, {}).get(m, float("nan")))) for k in keys
-                                     for m in METRIC_NAMES])
-    from .training import _atomic_write_text
-    _atomic_write_text(path, buf.getvalue())
+                                     for m in METRIC_NAMES] + [selection])
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_pictures(out_dir: Path, info, label_mode: str) -> list[Path]:
@@ -470,8 +527,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         unknown = sorted(set(only_losses) - {s.name for s in config.losses})
         raise ValueError(f"--losses names {unknown}, which the config does not have; it has "
                          f"{[s.name for s in config.losses]}")
-    plan = [(spec, split, run_config(config, spec, split)) for spec in specs for split in splits]
-    _check_reruns(out_dir, plan, force)
+    fingerprints = data_fingerprints(info.cases)
+    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints)
+                for spec in config.losses for split in splits}
+    _check_run_folder(out_dir, expected, force, resume)
+    plan = [(spec, split, expected[(spec.name, split.fold)]) for spec in specs for split in splits]
     full_config = json.loads(json.dumps(config.to_dict(), default=float))
     write_json(out_dir / "experiment.json", {**full_config, "protocol": config.protocol()})
     write_json(out_dir / "folds.json", [s.to_dict() for s in splits])
@@ -483,12 +543,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
     labels = sorted(k for k in label_names if k > 0)
     view = GridProgress(len(plan), config.training.epochs, interactive=None if progress else False)
-    for spec, split, current in plan:
+    todo = []
+    for spec, split, current in plan:  # finished runs first, so the time left counts only the rest
+        if (out_dir / spec.name / f"fold{split.fold}" / "metrics.json").exists():
+            view.skip(f"{spec.name} fold {split.fold}")
+        else:
+            todo.append((spec, split, current))
+    for spec, split, current in todo:
         name = f"{spec.name} fold {split.fold}"
         run_dir = out_dir / spec.name / f"fold{split.fold}"
-        if (run_dir / "metrics.json").exists():
-            view.skip(name)
-            continue
         write_json(run_dir / "run.json", {"run_config": current, "config": full_config})
         train_cases = [prepared[i] for i in split.train]
         view.start(name, _epochs_done(run_dir) if resume else 0)
@@ -507,7 +570,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                        protocol=config.protocol(), selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
                        test_cases=list(split.test), run_config=current, config=full_config,
                        environment=_environment(config))
-        _write_cases_csv(run_dir / "cases.csv", metrics["cases"])
+        _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"])
         write_json(run_dir / "metrics.json", metrics)
         mean = metrics["mean"].get("mean", {})
         view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"

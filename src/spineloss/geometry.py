@@ -4,6 +4,7 @@ One place for the small checks and conversions that several modules need about t
 accept the same inputs and fail with the same, clear messages:
 
 * :func:`check_spacing`: a voxel spacing (mm per array axis) as a tuple of positive finite floats;
+* :func:`batch_spacing`: one such spacing per batch item, from one shared spacing or ``B`` rows;
 * :func:`bounding_box`: the box (one slice per axis) around the non-zero voxels of a mask or label map.
 
 Keep this a plain module of small functions with no dependency on the rest of the package (it is imported
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bounding_box", "check_spacing"]
+__all__ = ["batch_spacing", "bounding_box", "check_spacing"]
 
 
 def check_spacing(value: Any, ndim: int = 3, owner: str = "") -> tuple[float, ...]:
@@ -81,3 +82,22 @@ def bounding_box(mask: Any, margin: int | Sequence[int] = 0) -> tuple[slice, ...
         lo, hi, pad, n = int(hit[0]), int(hit[-1]) + 1, int(m[ax]), a.shape[ax]
         box.append(slice(max(lo - pad, 0), min(hi + pad, n)))
     return tuple(box)
+
+
+def batch_spacing(spacing: Any, batch: int, ndim: int = 3, owner: str = "") -> list[tuple[float, ...]]:
+    """One spacing per batch item (:func:`check_spacing` each): ``spacing`` is one spacing shared by the
+    batch (``ndim`` numbers) or ``batch`` rows of them (a ``B x ndim`` array, list or tensor)."""
+    if hasattr(spacing, "detach"):  # a torch tensor, possibly on the GPU
+        spacing = spacing.detach().cpu().double().numpy()
+    try:
+        depth = np.ndim(spacing)
+    except ValueError:  # ragged nesting
+        depth = -1
+    where = f"{owner}: " if owner else ""
+    if depth == 2:
+        rows = list(spacing)
+        if len(rows) != batch:
+            raise ValueError(f"{where}per-sample spacing must have one row per batch item ({batch}), "
+                             f"got {len(rows)} rows")
+        return [check_spacing(row, ndim, f"{owner} (spacing of batch item {b})") for b, row in enumerate(rows)]
+    return [check_spacing(spacing, ndim, owner)] * batch

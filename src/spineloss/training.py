@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from .data.augment import AugmentConfig, check_mirror_axes, mixup
 from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
 from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
+from .atomic import atomic_path, atomic_write_text
 from .model import build_model
 from .postprocess import PostprocessConfig
 
@@ -172,29 +172,14 @@ def plain_data(obj, where: str = "checkpoint"):
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file.
+    """``torch.save`` through :func:`spineloss.atomic.atomic_path`: never a half-written file.
 
     ``obj`` is first reduced to tensors and plain data (:func:`plain_data`), so every file written
     here loads with ``weights_only=True`` (:func:`safe_torch_load`).
     """
-    path = Path(path)
-    obj = plain_data(obj, path.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    obj = plain_data(obj, Path(path).name)
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def safe_torch_load(path: str | Path, device: str | torch.device = "cpu"):
@@ -555,7 +540,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: row[k] for k in _HISTORY_FIELDS})
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -569,4 +554,4 @@ def write_json(path: str | Path, obj) -> None:
     """Atomic JSON write (NaN written as ``NaN``, which Python's json reads back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))

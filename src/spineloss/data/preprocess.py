@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -269,15 +268,9 @@ class PreprocessCache:
 
     def store(self, case_id: str, sources: Sequence[Path], image: np.ndarray,
               label: np.ndarray | None, geometry: CaseGeometry) -> Path:
+        from ..atomic import atomic_path
         path = self.path_for(case_id, sources)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, image=image, label=label if label is not None else np.zeros(0, np.uint8),
                      has_label=label is not None, geometry=json.dumps(geometry.to_dict()))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..geometry import check_spacing
+from ..geometry import batch_spacing, check_spacing
 
 __all__ = [
     "Bounds",
@@ -462,24 +462,11 @@ class LossInput:
         return dist_map.to(device=self.device, dtype=torch.float32).reshape(self.B, self.C, self.N)
 
     def _check_spacing(self, spacing: Any) -> tuple[tuple[float, float, float], ...] | None:
-        """Per-sample spacings ``B x 3`` (mm, axes D, H, W) as a tuple of B tuples, or None."""
+        """Per-sample spacings (mm, axes D, H, W) as a tuple of B tuples, or None: ``B x 3`` rows, or one
+        spacing for every item (:func:`spineloss.geometry.batch_spacing`)."""
         if spacing is None:
             return None
-        owner = self.owner
-        if isinstance(spacing, Tensor):
-            arr = spacing.detach().to("cpu", torch.float64).numpy()
-        else:
-            try:
-                arr = np.asarray(spacing, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{owner}: spacing must be a B x 3 array of voxel spacings in mm (one row per "
-                                 f"batch item), got {spacing!r}") from exc
-        if arr.shape != (self.B, 3):
-            raise ValueError(f"{owner}: spacing must have shape B x 3 = ({self.B}, 3), one row of voxel spacings "
-                             f"(mm, axes D, H, W) per batch item, got shape {tuple(arr.shape)}; for one spacing "
-                             "for every sample set the loss's spacing instead")
-        return tuple(check_spacing(row, 3, f"{owner} (spacing of batch item {b})")  # type: ignore[misc]
-                     for b, row in enumerate(arr))
+        return tuple(batch_spacing(spacing, self.B, 3, self.owner))  # type: ignore[arg-type]
 
     def spacings(self, default: tuple[float, float, float]) -> tuple[tuple[float, float, float], ...]:
         """One spacing per batch item: the call's ``spacing`` if given, else ``default`` for every item."""

@@ -255,10 +255,15 @@ def _check_lambda(name: str, value: Any, owner: str) -> float:
     return float(value)
 
 
-def _monai_flags(sigmoid: bool | None, softmax: bool | None, other_act: Callable | None) -> dict[str, Any]:
-    """MONAI's activation words for the region term (only those given: None means "not given")."""
-    return {k: v for k, v in (("sigmoid", sigmoid), ("softmax", softmax), ("other_act", other_act))
-            if v is not None}
+def _monai_flags(sigmoid: bool | None, softmax: bool | None, other_act: Callable | None,
+                 activation: str | None, owner: str) -> dict[str, Any]:
+    """MONAI's activation words for the region term (only those given: None means "not given"); an error
+    when spineloss's ``activation`` is given as well."""
+    flags = {k: v for k, v in (("sigmoid", sigmoid), ("softmax", softmax), ("other_act", other_act))
+             if v is not None}
+    if flags and activation is not None:
+        raise ValueError(f"{owner}: give either activation={activation!r} or MONAI's {'/'.join(flags)}, not both")
+    return flags
 
 
 def _logit_term_activation(flags: dict[str, Any], focal: bool) -> str | None:
@@ -295,10 +300,7 @@ class DiceCELoss(WeightedSumLoss):
                  activation: str | None = None, sigmoid: bool | None = None, softmax: bool | None = None,
                  other_act: Callable | None = None) -> None:
         owner = f"{self.name} loss"
-        flags = _monai_flags(sigmoid, softmax, other_act)
-        if flags and activation is not None:
-            raise ValueError(f"{owner}: give either activation={activation!r} or MONAI's {'/'.join(flags)}, "
-                             "not both")
+        flags = _monai_flags(sigmoid, softmax, other_act, activation, owner)
         terms = {
             "dice": {"weight": _check_lambda("lambda_dice", lambda_dice, owner),
                      "include_background": include_background, "squared_pred": squared_pred,
@@ -334,10 +336,7 @@ class DiceFocalLoss(WeightedSumLoss):
                  sigmoid: bool | None = None, softmax: bool | None = None,
                  other_act: Callable | None = None) -> None:
         owner = f"{self.name} loss"
-        flags = _monai_flags(sigmoid, softmax, other_act)
-        if flags and activation is not None:
-            raise ValueError(f"{owner}: give either activation={activation!r} or MONAI's {'/'.join(flags)}, "
-                             "not both")
+        flags = _monai_flags(sigmoid, softmax, other_act, activation, owner)
         terms = {
             "dice": {"weight": _check_lambda("lambda_dice", lambda_dice, owner),
                      "include_background": include_background, "squared_pred": squared_pred,
@@ -373,10 +372,7 @@ class TverskyFocalLoss(WeightedSumLoss):
                  sigmoid: bool | None = None, softmax: bool | None = None,
                  other_act: Callable | None = None) -> None:
         owner = f"{self.name} loss"
-        flags = _monai_flags(sigmoid, softmax, other_act)
-        if flags and activation is not None:
-            raise ValueError(f"{owner}: give either activation={activation!r} or MONAI's {'/'.join(flags)}, "
-                             "not both")
+        flags = _monai_flags(sigmoid, softmax, other_act, activation, owner)
         terms = {
             "tversky": {"weight": _check_lambda("lambda_tversky", lambda_tversky, owner), "alpha": alpha,
                         "beta": beta, "include_background": include_background, "smooth_nr": smooth_nr,

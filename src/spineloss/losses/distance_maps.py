@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..geometry import check_spacing
+from ..geometry import batch_spacing, check_spacing
 
 __all__ = ["prediction_signed_maps", "signed_distance_maps", "signed_distance_maps_torch"]
 
@@ -125,23 +125,6 @@ def _maps_from_partition(part: np.ndarray, values: Sequence[int], spacing: Seque
 
 
 SpacingArg = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray, Tensor]
-
-
-def _batch_spacing(spacing: SpacingArg, batch: int, ndim: int, owner: str) -> list[tuple[float, ...]]:
-    """One spacing per sample: ``spacing`` is one spacing (``ndim`` numbers, shared) or ``batch`` rows of them."""
-    if isinstance(spacing, Tensor):
-        spacing = spacing.detach().to("cpu", torch.float64).numpy()
-    try:
-        depth = np.ndim(spacing)
-    except ValueError:  # ragged nesting
-        depth = -1
-    if depth == 2:
-        rows = list(spacing)
-        if len(rows) != batch:
-            raise ValueError(f"{owner}: per-sample spacing must have one row per batch item ({batch}), "
-                             f"got {len(rows)} rows")
-        return [check_spacing(row, ndim, f"{owner} (spacing of batch item {b})") for b, row in enumerate(rows)]
-    return [check_spacing(spacing, ndim, owner)] * batch
 
 
 def _check_classes(classes: Sequence[int] | None, num_classes: int) -> list[int]:
@@ -234,7 +217,7 @@ def signed_distance_maps_torch(target: Tensor, num_classes: int, spacing: Spacin
     if t.ndim == 5 and t.shape[1] == 1 and (num_classes > 1 or not t.is_floating_point()):
         t = t[:, 0]
     arr = t.cpu().numpy()
-    sps = _batch_spacing(spacing, arr.shape[0], 3, "signed_distance_maps_torch")
+    sps = batch_spacing(spacing, arr.shape[0], 3, "signed_distance_maps_torch")
     if threads <= 1 or arr.shape[0] == 1:
         maps = [signed_distance_maps(arr[b], num_classes, sps[b], classes, threads, squared)
                 for b in range(arr.shape[0])]
@@ -260,7 +243,7 @@ def prediction_signed_maps(probs: Tensor, activation: str, classes: Sequence[int
     """
     threads = torch.get_num_threads() if parallel is None else int(parallel)
     B, C = probs.shape[:2]
-    sps = _batch_spacing(spacing, B, probs.ndim - 2, "prediction_signed_maps")
+    sps = batch_spacing(spacing, B, probs.ndim - 2, "prediction_signed_maps")
     cls = _check_classes(classes, C)
     out = np.zeros((B, len(cls)) + tuple(probs.shape[2:]), dtype=np.float32)
     jobs: list[Callable[[], None]] = []

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..geometry import check_spacing
 
 __all__ = ["GROUND_TRUTH_COLOR", "PREDICTION_COLOR", "FIGSIZE", "DPI", "slice_indices", "render_case",
            "best_and_worst"]
@@ -116,9 +117,7 @@ def render_case(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray
         raise ValueError(f"shapes differ: image {image.shape} (spatial), reference {reference.shape}, "
                          f"prediction {prediction.shape}; all three must be the same D x H x W grid "
                          f"(resample the prediction to the image grid first)")
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be three positive voxel sizes in mm (D, H, W), got {spacing}")
+    spacing = check_spacing(spacing, 3, "render_case")
     image = image.astype(np.float64, copy=False)
     vmin, vmax = _window(image)
     index = slice_indices(reference, prediction)
@@ -160,16 +159,12 @@ def render_case(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray
     if title:
         fig.suptitle(title, fontsize=13, y=0.98)
 
+    from ..atomic import atomic_path
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         fig.clear()
     return path
 

@@ -72,11 +72,11 @@ import dataclasses
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..atomic import atomic_write_text
 
 import numpy as np
 
@@ -172,18 +172,10 @@ def collect_case_values(run_dir: str | Path, metric: str, label: str = "mean") -
             value = entry[label][metric]
             per_loss[case_id] = float("nan") if value is None else float(value)
             source[(loss, case_id)] = path
-    order = _loss_order(run_dir)
+    from .tables import loss_order
+    order = loss_order(run_dir)
     return {loss: dict(sorted(values[loss].items()))
             for loss in sorted(values, key=lambda n: (order.get(n, len(order)), n))}
-
-
-def _loss_order(run_dir: Path) -> dict[str, int]:
-    cfg = run_dir / "experiment.json"
-    try:
-        specs = json.loads(cfg.read_text()).get("losses", [])
-        return {spec["name"]: i for i, spec in enumerate(specs)}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,12 +235,14 @@ def _wilcoxon(diff: np.ndarray) -> tuple[float, float, str, str]:
 
 
 def paired_tests(values: Mapping[str, Mapping[str, float]], higher_is_better: bool, alpha: float = 0.05, *,
-                 metric: str = "", label: str = "") -> list[Comparison]:
+                 metric: str = "", label: str = "", best: str | None = None) -> list[Comparison]:
     """Every loss against the best one: Wilcoxon signed-rank per case, Holm over the family.
 
     ``values``: ``{loss: {case_id: value}}`` of one metric (e.g. from :func:`collect_case_values`);
     ``higher_is_better``: True for Dice-like metrics, False for distances; ``metric``/``label`` are only
-    copied into the results. Only the cases every loss has are used. Returns one :class:`Comparison`
+    copied into the results; ``best``: the loss to compare the others with (a results table passes its
+    bolded best, so marks and bold agree), else the best mean over the shared cases. Only the cases
+    every loss has are used. Returns one :class:`Comparison`
     per loss other than the best, in the order of ``values`` (empty with fewer than two losses). Never
     raises for degenerate data (no shared case, all NaN, identical values): ``p`` is then NaN or 1 and
     ``reason`` says why. See the module docstring for the test, the correction and the choices.
@@ -270,7 +264,10 @@ def paired_tests(values: Mapping[str, Mapping[str, float]], higher_is_better: bo
 
     means = {loss: finite_mean(table[loss]) for loss in losses}
     ranked = [loss for loss in losses if math.isfinite(means[loss])]
-    if ranked:
+    if best is not None:
+        if best not in values:
+            raise ValueError(f"best={best!r} is not one of the losses {losses}")
+    elif ranked:
         sign = -1.0 if higher_is_better else 1.0
         best = min(ranked, key=lambda loss: (sign * means[loss], losses.index(loss)))
     else:
@@ -312,26 +309,30 @@ def _as_float(value) -> float:
 # ----------------------------------------------------------------------------------------------------
 
 def write_stats(run_dir: str | Path, metrics: Iterable[tuple[str, bool]] = (("dice", True), ("hd", False)),
-                label: str = "mean", alpha: float = 0.05) -> list[Comparison]:
+                label: str = "mean", alpha: float = 0.05, best: Mapping[str, str] | None = None,
+                selection: str = "") -> list[Comparison]:
     """Run :func:`paired_tests` for each ``(metric, higher_is_better)`` and write ``run_dir/stats.csv``.
 
     One family (one Holm correction) per metric. The CSV has one row per comparison and a column per
     :class:`Comparison` field; floats are written with ``repr`` (shortest text that reads back to the
     same double, so no p-value is rounded), NaN as ``nan``, booleans as ``1``/``0``. The file is
     replaced atomically (temporary file + rename). Returns the comparisons (read them back with
-    :func:`read_stats`).
+    :func:`read_stats`). ``best``: ``{metric: loss}`` to compare with (see :func:`paired_tests`);
+    ``selection``: the run's checkpoint-selection rule, written in a last column so the file says
+    which protocol produced it.
     """
     run_dir = Path(run_dir)
     comparisons: list[Comparison] = []
     for metric, higher in metrics:
         values = collect_case_values(run_dir, metric, label)
-        comparisons += paired_tests(values, higher, alpha, metric=metric, label=label)
+        comparisons += paired_tests(values, higher, alpha, metric=metric, label=label,
+                                    best=(best or {}).get(metric))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_FIELDS)
+    writer.writerow(list(_FIELDS) + ["selection"])
     for comp in comparisons:
-        writer.writerow([_cell(getattr(comp, f)) for f in _FIELDS])
-    _atomic_write_text(run_dir / "stats.csv", buf.getvalue())
+        writer.writerow([_cell(getattr(comp, f)) for f in _FIELDS] + [selection])
+    atomic_write_text(run_dir / "stats.csv", buf.getvalue())
     return comparisons
 
 
@@ -364,15 +365,6 @@ def read_stats(path: str | Path) -> list[Comparison]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def significance_marks(comparisons: Iterable[Comparison]) -> dict[tuple[str, str], bool]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
+
 __all__ = ["COLUMNS", "Cell", "collect_results", "summary_rows", "format_markdown", "format_latex",
            "format_terminal", "write_summary"]
 
@@ -64,19 +66,20 @@ def collect_results(run_dir: str | Path) -> dict[str, list[dict]]:
     """``{loss: [metrics.json of fold 0, fold 1, ...]}`` for every finished (loss, fold) of a run."""
     run_dir = Path(run_dir)
     results: dict[str, list[dict]] = {}
-    order = _loss_order(run_dir)
+    order = loss_order(run_dir)
     for metrics_path in sorted(run_dir.glob("*/fold*/metrics.json")):
         loss = metrics_path.parent.parent.name
         results.setdefault(loss, []).append(json.loads(metrics_path.read_text()))
     return {k: results[k] for k in sorted(results, key=lambda n: (order.get(n, len(order)), n))}
 
 
-def _loss_order(run_dir: Path) -> dict[str, int]:
-    cfg = run_dir / "experiment.json"
-    if cfg.exists():
-        names = [spec["name"] for spec in json.loads(cfg.read_text()).get("losses", [])]
-        return {n: i for i, n in enumerate(names)}
-    return {}
+def loss_order(run_dir: str | Path) -> dict[str, int]:
+    """``{loss: position}`` in the run's config (``experiment.json``); ``{}`` when there is none."""
+    cfg = Path(run_dir) / "experiment.json"
+    try:
+        return {spec["name"]: i for i, spec in enumerate(json.loads(cfg.read_text()).get("losses", []))}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def summary_rows(results: dict[str, list[dict]], label: str = "mean",
@@ -98,10 +101,12 @@ def summary_rows(results: dict[str, list[dict]], label: str = "mean",
 
 
 def _best(rows: dict[str, dict[str, Cell]]) -> dict[str, str | None]:
+    """The best loss of each column (ties: the one listed first)."""
     best = {}
     for title, _, _, higher in COLUMNS:
-        cands = [(cells[title].mean, loss) for loss, cells in rows.items() if math.isfinite(cells[title].mean)]
-        best[title] = (max(cands) if higher else min(cands))[1] if cands else None
+        cands = [(cells[title].mean * (1 if higher else -1), -i, loss)
+                 for i, (loss, cells) in enumerate(rows.items()) if math.isfinite(cells[title].mean)]
+        best[title] = max(cands)[2] if cands else None
     return best
 
 
@@ -173,21 +178,22 @@ def _strip_ansi(s: str) -> str:
     return s.replace("\033[1m", "").replace("\033[0m", "")
 
 
-def format_csv(rows) -> str:
-    """One row per loss: for each column its mean, std, number of folds and of NaN cases."""
+def format_csv(rows, selection: str = "") -> str:
+    """One row per loss: for each column its mean, std, number of folds and of NaN cases; last, the
+    run's checkpoint-selection rule (``[experiment] selection``)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     header = ["loss"]
     for t, *_ in COLUMNS:
         header += [f"{t}_mean", f"{t}_std", f"{t}_folds", f"{t}_nan_cases", f"{t}_best"]
-    writer.writerow(header)
+    writer.writerow(header + ["selection"])
     best = _best(rows)
     for loss, cells in rows.items():
         line = [loss]
         for t, *_ in COLUMNS:
             c = cells[t]
             line += [f"{c.mean:.6g}", f"{c.std:.6g}", len(c.values), c.nan_cases, int(best[t] == loss)]
-        writer.writerow(line)
+        writer.writerow(line + [selection])
     return buf.getvalue()
 
 
@@ -210,16 +216,19 @@ def write_summary(run_dir: str | Path, distance: str | None = None, label: str =
     if not results:
         raise ValueError(f"{run_dir}: no finished runs (no <loss>/fold<k>/metrics.json)")
     rows = summary_rows(results, label=label, distance=distance)
-    comparisons = write_stats(run_dir, metrics=(("dice", True), (distance, False)), label=label, alpha=alpha)
+    best = _best(rows)
+    selection = settings.get("selection", "")
+    comparisons = write_stats(run_dir, metrics=(("dice", True), (distance, False)), label=label, alpha=alpha,
+                              best={"dice": best["Dice"], distance: best["Hausdorff"]}, selection=selection)
     marks = significance_marks(comparisons)
     folds = {loss: len(f) for loss, f in results.items()}
     protocol = settings.get("protocol", "Protocol not recorded (a run folder of an older spineloss).")
     note = (f"\nMean ± (std) over folds ({', '.join(f'{k}: {v}' for k, v in folds.items())}) of the "
             f"per-fold mean over its test cases; label entry '{label}'. {protocol} "
-            f"†: differs from the column's best loss in a paired two-sided Wilcoxon signed-rank test on "
-            f"per-case values over the cases both scored, Holm-corrected over the losses, p < {alpha:g} "
-            "(stats.csv).\n")
-    (run_dir / "summary.md").write_text(format_markdown(rows, distance, marks) + note)
-    (run_dir / "summary.csv").write_text(format_csv(rows))
-    (run_dir / "summary.tex").write_text(format_latex(rows, distance, marks))
+            f"†: differs from the column's best (bold) loss in a paired two-sided Wilcoxon signed-rank test "
+            f"on per-case values over the cases both scored, Holm-corrected over the losses, p < {alpha:g} "
+            "(stats.csv: p-values and the median difference, which gives the direction).\n")
+    atomic_write_text(run_dir / "summary.md", format_markdown(rows, distance, marks) + note)
+    atomic_write_text(run_dir / "summary.csv", format_csv(rows, selection))
+    atomic_write_text(run_dir / "summary.tex", f"% {protocol}\n" + format_latex(rows, distance, marks))
     return format_terminal(rows, distance, marks=marks) + note
