@@ -106,3 +106,20 @@ def test_readme_config_example_is_a_valid_config():
         else:
             value = loss(logits, target)
         assert torch.isfinite(value), spec.name
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
+                                        .glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds(path):
+    """Each config in configs/ parses, its network builds for its patch size, and every loss builds."""
+    from spineloss.model import build_model
+    from spineloss.training import ModelConfig
+    from dataclasses import asdict
+    config = load_config(path)
+    model = build_model(in_channels=1, out_channels=2, **asdict(config.model))
+    assert isinstance(config.model, ModelConfig)
+    if config.training.patch_size is not None:
+        assert all(p % model.divisor == 0 for p in config.training.patch_size), (config.training.patch_size,
+                                                                                 model.divisor)
+    for spec in config.losses:
+        spec.build((2.0, 2.0, 2.0))

@@ -253,3 +253,14 @@ def test_the_data_are_compared_by_content_not_path(tmp_path):
     with pytest.raises(ValueError, match="data.files: the image or label files differ"):
         run_experiment(config_from_dict({**raw, "data": {"path": str(moved), "label_mode": "binary"}}), out,
                        progress=False, pictures=False)
+
+
+def test_an_option_added_later_at_its_default_does_not_invalidate_runs():
+    from spineloss.experiment import FoldSplit, config_differences, run_config
+    split = FoldSplit(0, ("a", "b"), (), ("c",))
+    now = run_config(_config(), _config().losses[0], split)
+    older = {k: v for k, v in now.items() if k not in ("augment.p_gamma", "postprocess.caudal_bodies")}
+    assert config_differences(older, now) == []
+    changed = dict(now, **{"augment.p_gamma": 0.5})
+    assert config_differences(older, changed) == ["augment.p_gamma: '<absent>' -> 0.5"]
+    assert config_differences(now, dict(now, **{"split.test": ["d"]})) == ["split.test: the cases differ"]

@@ -29,6 +29,7 @@ from its ``last.pt``. The same seed gives the same folds and, on the CPU, the sa
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -382,16 +383,30 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _option_defaults() -> dict:
+    """Every section option at its default value, flattened like :func:`run_config`."""
+    sections = {"preprocess": PreprocessConfig(), "model": ModelConfig(), "training": TrainConfig(),
+                "augment": AugmentConfig(), "postprocess": PostprocessConfig()}
+    top = {f.name: f.default for f in fields(ExperimentConfig) if f.name not in sections and
+           f.default is not dataclasses.MISSING}
+    data = {f.name: f.default for f in fields(DataConfig) if f.name not in ("path", "phantom")}
+    return _flatten({**top, "data": data, **{k: asdict(v) for k, v in sections.items()}})
+
+
 def config_differences(recorded: dict | None, current: dict | None) -> list[str]:
     """``["training.epochs: 16 -> 20", ...]``: what differs between a run's recorded config and now
-    (``current`` None: the run is not part of the current config at all)."""
+    (``current`` None: the run is not part of the current config at all). An option that the run's
+    record lacks (added to spineloss since) counts as equal when it is at its default value."""
     if current is None:
         return ["not part of this config (a loss or fold it no longer has)"]
     if recorded is None:
         return ["the run was recorded without its config (an older spineloss)"]
+    defaults = _option_defaults()
     out = []
     for key in sorted(set(recorded) | set(current)):
         old, new = recorded.get(key, "<absent>"), current.get(key, "<absent>")
+        if key not in recorded and key in defaults and new == defaults[key]:
+            continue
         if old != new:
             if key.startswith("split.") and isinstance(old, list):
                 out.append(f"{key}: the cases differ")
