@@ -94,7 +94,7 @@ def test_written_checkpoints_load_with_weights_only(tmp_path):
     assert loaded["patch_size"] == (16, 16, 8) and type(loaded["patch_size"][0]) is int
     assert loaded["inference"]["mirror_axes"] == [2]
     assert loaded["preprocess"]["target_spacing"] == (2.0, 2.0, 2.0)
-    assert loaded["inference"]["postprocess"] == {"caudal_bodies": 0, "number_levels": False}
+    assert loaded["inference"]["postprocess"] == {"caudal_bodies": 0, "number_levels": False, "levels": "none"}
     assert loaded["labels"] == {0: "background", 1: "a", 2: "b"}
     row = loaded["history"][0]
     assert row == {"epoch": 1, "lr": 1e-3, "val_dice": 0.25, "skipped_steps": 0}

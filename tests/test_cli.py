@@ -250,13 +250,13 @@ def test_foreground_network_with_levels_counted(phantom, tmp_path, monkeypatch):
     from spineloss.postprocess import PostprocessConfig
 
     calls = []
-    original = PostprocessConfig.apply
+    original = PostprocessConfig.apply_with_flags
 
-    def recording_apply(self, label_map, affine, spacing):
+    def recording_apply(self, label_map, affine, spacing, probabilities=None):
         calls.append((self.caudal_bodies, self.number_levels, label_map.shape))
-        return original(self, label_map, affine, spacing)
+        return original(self, label_map, affine, spacing, probabilities)
 
-    monkeypatch.setattr(PostprocessConfig, "apply", recording_apply)
+    monkeypatch.setattr(PostprocessConfig, "apply_with_flags", recording_apply)
 
     cfg = _config(tmp_path, phantom, losses='["dice_ce"]')
     cfg.write_text(cfg.read_text().replace('label_mode = "multiclass"', 'label_mode = "multiclass"\n'
@@ -264,12 +264,12 @@ def test_foreground_network_with_levels_counted(phantom, tmp_path, monkeypatch):
                    + "\n[postprocess]\ncaudal_bodies = 5\nnumber_levels = true\n")
     out = tmp_path / "levels"
     assert main(["experiment", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    assert len(calls) == 4 and all(c[:2] == (5, True) for c in calls)  # every validation case, both folds
+    assert len(calls) == 4 and all(c[:2] == (5, True) for c in calls)  # every test case, both folds
     m = json.loads((out / "dice_ce" / "fold0" / "metrics.json").read_text())
     assert set(m["mean"]) == {"1", "2", "3", "4", "5", "foreground", "mean"}
     ckpt = torch.load(out / "dice_ce" / "fold0" / "model.pt", weights_only=True)  # plain data only
     assert ckpt["model"]["out_channels"] == 2 and ckpt["label_mode"] == "multiclass"
-    assert ckpt["inference"]["postprocess"] == {"caudal_bodies": 5, "number_levels": True}
+    assert ckpt["inference"]["postprocess"] == {"caudal_bodies": 5, "number_levels": True, "levels": "none"}
     image = sorted((phantom / "imagesTr").glob("*.nii.gz"))[0]
     seg = tmp_path / "levels.nii.gz"
     assert main(["predict", "--model", str(out / "dice_ce" / "fold0" / "model.pt"), "--input", str(image),

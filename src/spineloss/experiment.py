@@ -155,6 +155,9 @@ class ExperimentConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"loss names must be unique (they name the result folders), repeated: {dupes}")
+        if self.postprocess.needs_probabilities and self.data.network_label_mode != "multiclass":
+            raise ValueError("[postprocess] levels = 'probabilities' reads a network that predicts the levels: it "
+                             "needs [data] label_mode = 'multiclass' (and no train_label_mode = 'binary')")
         if self.postprocess.number_levels and self.data.label_mode != "multiclass":
             raise ValueError("[postprocess] number_levels outputs levels: it needs [data] label_mode = 'multiclass'")
         if self.data.network_label_mode != self.data.label_mode and not self.postprocess.number_levels:
@@ -460,10 +463,11 @@ def _check_run_folder(out_dir: Path, expected: dict[tuple[str, int], dict], forc
                          + "\nRerun with --force (those runs are deleted), or use another --out folder.")
 
 
-def _write_cases_csv(path: Path, per_case: dict, selection: str) -> None:
+def _write_cases_csv(path: Path, per_case: dict, selection: str, flags: dict | None = None) -> None:
     """``cases.csv``: one row per test case, a column per (metric, label): ``dice_1``, ``hd_foreground``,
-    ``dice_mean``, ... (labels as in ``metrics.json``; NaN written as ``nan``), and the ``selection``
-    rule that chose the scored model (``last_epoch`` or ``best_inner_val_dice``)."""
+    ``dice_mean``, ... (labels as in ``metrics.json``; NaN written as ``nan``), the ``selection`` rule
+    that chose the scored model (``last_epoch`` or ``best_inner_val_dice``) and the post-processing's
+    ``flags`` for the case (``;``-separated, empty when every assumption held)."""
     import csv
     import io
     from .metrics import METRIC_NAMES
@@ -471,11 +475,11 @@ def _write_cases_csv(path: Path, per_case: dict, selection: str) -> None:
                   key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case"] + [f"{m}_{k}" for k in keys for m in METRIC_NAMES] + ["selection"])
+    writer.writerow(["case"] + [f"{m}_{k}" for k in keys for m in METRIC_NAMES] + ["selection", "flags"])
     for case_id in sorted(per_case):
         row = per_case[case_id]
         writer.writerow([case_id] + [repr(float(row.get(k, {}).get(m, float("nan")))) for k in keys
-                                     for m in METRIC_NAMES] + [selection])
+                                     for m in METRIC_NAMES] + [selection, ";".join((flags or {}).get(case_id, []))])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -585,7 +589,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                        protocol=config.protocol(), selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
                        test_cases=list(split.test), run_config=current, config=full_config,
                        environment=_environment(config))
-        _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"])
+        _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"], metrics["flags"])
         write_json(run_dir / "metrics.json", metrics)
         mean = metrics["mean"].get("mean", {})
         view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"

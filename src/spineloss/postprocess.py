@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from .geometry import bounding_box
 
-__all__ = ["PostprocessConfig", "craniocaudal_axis", "split_bodies", "keep_caudal_bodies"]
+__all__ = ["PostprocessConfig", "craniocaudal_axis", "axis_obliqueness", "split_bodies", "keep_caudal_bodies"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,18 @@ class PostprocessConfig:
         number_levels: also number the kept bodies from the caudal end (multiclass maps whose label
             ``k`` is the ``k``-th level from the head end, like L1..L5 = 1..5; ``caudal_bodies``
             must then equal the number of foreground labels).
+        levels: ``"probabilities"``: assign the levels from the network's per-voxel level
+            probabilities in anatomical order (:func:`spineloss.levels.assign_levels`; a network that
+            predicts the levels; instead of counting, so ``caudal_bodies`` stays 0); ``"none"``: off.
+
+    Whatever breaks an assumption (bodies missing or extra, a piece split, an oblique head-feet axis)
+    is returned as flags by :meth:`apply_with_flags`, which the experiment writes to ``cases.csv``
+    and logs as a warning naming the case.
     """
 
     caudal_bodies: int = 0
     number_levels: bool = False
+    levels: str = "none"
 
     def __post_init__(self) -> None:
         n = self.caudal_bodies
@@ -74,10 +82,20 @@ class PostprocessConfig:
         object.__setattr__(self, "number_levels", bool(self.number_levels))
         if self.number_levels and not self.caudal_bodies:
             raise ValueError("postprocess.number_levels needs postprocess.caudal_bodies (how many levels to number)")
+        if self.levels not in ("none", "probabilities"):
+            raise ValueError(f"postprocess.levels must be 'none' or 'probabilities', got {self.levels!r}")
+        if self.levels == "probabilities" and self.caudal_bodies:
+            raise ValueError("postprocess.levels = 'probabilities' assigns the levels itself: leave "
+                             "caudal_bodies and number_levels out (they count bodies instead)")
 
     @property
     def active(self) -> bool:
-        return self.caudal_bodies > 0
+        return self.caudal_bodies > 0 or self.needs_probabilities
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether :meth:`apply` needs the network's per-voxel probabilities."""
+        return self.levels == "probabilities"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,15 +110,47 @@ class PostprocessConfig:
             raise ValueError(f"postprocess.number_levels numbers {self.caudal_bodies} levels, but {where} has "
                              f"{foreground_labels} foreground labels; set caudal_bodies = {foreground_labels}")
 
-    def apply(self, label_map: np.ndarray, affine, spacing: Sequence[float]) -> np.ndarray:
+    def apply(self, label_map: np.ndarray, affine, spacing: Sequence[float],
+              probabilities: np.ndarray | None = None) -> np.ndarray:
         """``label_map`` (on the grid of ``affine`` with voxel size ``spacing``) post-processed."""
+        return self.apply_with_flags(label_map, affine, spacing, probabilities)[0]
+
+    def apply_with_flags(self, label_map: np.ndarray, affine, spacing: Sequence[float],
+                         probabilities: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """``(post-processed label map, flags)``; ``probabilities`` (``C x D x H x W`` softmax on the
+        same grid) are needed with ``levels = "probabilities"``. Flags: see :mod:`spineloss.levels`
+        and :func:`keep_caudal_bodies`; ``oblique_axis`` when the head-feet axis is unclear."""
         if not self.active:
-            return label_map
+            return label_map, []
+        axis, sign = craniocaudal_axis(affine)
+        flags = ["oblique_axis"] if axis_obliqueness(affine) > OBLIQUE_LIMIT else []
+        if self.needs_probabilities:
+            if probabilities is None or probabilities.shape[1:] != label_map.shape:
+                raise ValueError("postprocess.levels = 'probabilities' needs the network's probabilities on the "
+                                 "label map's grid (a network that predicts the levels)")
+            from .levels import assign_levels
+            result = assign_levels(probabilities, axis, sign, spacing)
+            return result.labels, flags + result.flags
         if self.number_levels and int(label_map.max(initial=0)) > self.caudal_bodies:
             raise ValueError(f"postprocess.number_levels numbers {self.caudal_bodies} levels, but the prediction "
                              f"has label {int(label_map.max())}: the model and its post-processing do not match")
-        axis, sign = craniocaudal_axis(affine)
-        return keep_caudal_bodies(label_map, self.caudal_bodies, axis, sign, spacing, relabel=self.number_levels)
+        out = keep_caudal_bodies(label_map, self.caudal_bodies, axis, sign, spacing, relabel=self.number_levels,
+                                 flags=flags)
+        return out, flags
+
+
+#: An affine whose head-feet voxel axis is more than ~37 degrees off world z is "oblique" (flagged).
+OBLIQUE_LIMIT = 0.2
+
+
+def axis_obliqueness(affine) -> float:
+    """``1 - |cos|`` of the angle between the cranio-caudal voxel axis (:func:`craniocaudal_axis`) and
+    world z: 0 for an axial stack, 1 for no head-feet component at all."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    axis, _ = craniocaudal_axis(affine)
+    column = a[:, axis]
+    norm = float(np.linalg.norm(column))
+    return 1.0 - abs(float(column[2])) / norm if norm > 0 else 1.0
 
 
 def craniocaudal_axis(affine: np.ndarray | Sequence[Sequence[float]]) -> tuple[int, int]:
@@ -163,7 +213,7 @@ def split_bodies(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
 def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, caudal_sign: int = 1,
                        spacing: Sequence[float] = (1.0, 1.0, 1.0), relabel: bool = False,
                        erosion_mm: float = 2.0, min_body_fraction: float = 0.5,
-                       merged_factor: float = 1.6) -> np.ndarray:
+                       merged_factor: float = 1.6, flags: list[str] | None = None) -> np.ndarray:
     """Keep the ``n_bodies`` most caudal vertebral bodies of ``label_map`` (see the module docstring).
 
     Args:
@@ -179,6 +229,10 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
             ``n_bodies`` largest pieces are bodies, smaller ones fragments.
         merged_factor: a piece this many times the median of the next largest ones is taken for
             two fused bodies and split.
+        flags: a list to append what breaks an assumption to: ``bodies:<n>`` when the number of
+            body-size pieces is not ``n_bodies`` (fewer: nothing removed, and with ``relabel`` the
+            bodies are numbered from the caudal end as far as they go, or the network's own levels
+            kept), ``split`` when fused bodies were split.
     Returns:
         a new label map of the same shape and dtype.
     """
@@ -193,16 +247,21 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
     out = label_map.copy()
     foreground = label_map > 0
     if not foreground.any():
+        if flags is not None:
+            flags.append("bodies:0")
         return out
     # work inside the foreground's bounding box (plus one voxel)
     box = bounding_box(foreground, margin=1)
     parts, n = split_bodies(foreground[box], spacing, erosion_mm)
+    n_before = n
     n = _split_merged_bodies(parts, n, n_bodies, spacing, erosion_mm, merged_factor)
     index = np.arange(1, n + 1)
     volume = _volumes(parts, n)
     reference = float(np.median(np.sort(volume)[::-1][:n_bodies]))
     is_body = volume >= min_body_fraction * reference
     found = int(is_body.sum())
+    if flags is not None:
+        flags += (["split"] if n > n_before else []) + ([f"bodies:{found}"] if found != n_bodies else [])
     has_levels = int(label_map.max()) > 1           # the network's own levels, the fallback when counting fails
     if found < n_bodies and (not relabel or has_levels):
         return out

@@ -16,8 +16,8 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
     """Label map (``D x H x W`` uint8, the image's grid) for ``image`` (``C x D x H x W``)."""
     import dataclasses
 
-    from .data.preprocess import PreprocessConfig, preprocess_case, restore_to_original
-    from .training import checkpoint_mirror_axes, checkpoint_postprocess, predict_logits
+    from .data.preprocess import PreprocessConfig, preprocess_case
+    from .training import checkpoint_mirror_axes, checkpoint_postprocess, postprocessed_prediction, predict_logits
 
     config = PreprocessConfig.from_dict(checkpoint["preprocess"])
     expected = checkpoint["model"]["in_channels"]
@@ -25,8 +25,13 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
         raise ValueError(f"the model expects {expected} image channel(s), got {image.shape[0]}")
     prepared, _, geometry = preprocess_case(image, None, affine, config)
     logits, pad = predict_logits(model, prepared, device, checkpoint_mirror_axes(checkpoint))
-    label = restore_to_original(logits, dataclasses.replace(geometry, pad=pad))
-    return checkpoint_postprocess(checkpoint).apply(label, geometry.original_affine, geometry.original_spacing)
+    label, flags = postprocessed_prediction(logits, dataclasses.replace(geometry, pad=pad),
+                                            checkpoint_postprocess(checkpoint))
+    if flags:
+        import logging
+        logging.getLogger("spineloss.predict").warning("the post-processing's assumptions do not hold: %s",
+                                                       ", ".join(flags))
+    return label
 
 
 def predict_file(model_path: str | Path, inputs: Sequence[str | Path] | str | Path,

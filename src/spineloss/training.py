@@ -36,7 +36,8 @@ import torch
 
 from .data.augment import AugmentConfig, check_mirror_axes, mixup
 from .data.loader import PatchDataset, PreparedCase, class_voxel_counts, make_train_loader
-from .data.preprocess import PreprocessConfig, crop_padding, pad_to_multiple, restore_to_original
+from .data.preprocess import (PreprocessConfig, crop_padding, pad_to_multiple, restore_probabilities,
+                              restore_to_original)
 from .atomic import atomic_path, atomic_write_text
 from .model import build_model
 from .postprocess import PostprocessConfig
@@ -269,20 +270,22 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
     also write each prediction there as ``<case_id>.nii.gz`` (uint8, the original affine).
 
     Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
-    "nan_counts": {label: {metric: cases whose value is NaN}}}``. NaN values are excluded from the
-    mean and counted, never dropped silently.
+    "nan_counts": {label: {metric: cases whose value is NaN}}, "flags": {case_id: [flag, ...]}}``
+    (flags: what broke the post-processing's assumptions, also logged as warnings naming the case).
+    NaN values are excluded from the mean and counted, never dropped silently.
     """
     from .data.layout import to_label_mode
     from .metrics import compute_metrics
     import nibabel as nib
 
-    per_case = {}
+    per_case, flags = {}, {}
     for case in cases:
         logits, pad = predict_logits(model, case.image, device, mirror_axes)
         geometry = dataclasses.replace(case.geometry, pad=pad)
-        prediction = restore_to_original(logits, geometry)
-        if postprocess is not None:
-            prediction = postprocess.apply(prediction, geometry.original_affine, geometry.original_spacing)
+        prediction, case_flags = postprocessed_prediction(logits, geometry, postprocess)
+        if case_flags:
+            flags[case.case_id] = case_flags
+            log.warning("%s: the post-processing's assumptions do not hold: %s", case.case_id, ", ".join(case_flags))
         if case.source_label is not None:
             reference = np.asarray(nib.load(str(case.source_label)).dataobj)
             reference = to_label_mode(np.rint(reference).astype(np.int64), label_mode)
@@ -295,7 +298,20 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
         metrics = compute_metrics(prediction, reference, spacing=tuple(geometry.original_spacing),
                                   labels=labels, distances=distances)
         per_case[case.case_id] = {str(k): v for k, v in metrics.items()}  # JSON keys: "1", "mean", ...
-    return {"cases": per_case, **aggregate_case_metrics(per_case)}
+    return {"cases": per_case, **aggregate_case_metrics(per_case), "flags": flags}
+
+
+def postprocessed_prediction(logits: torch.Tensor, geometry, postprocess: PostprocessConfig | None
+                             ) -> tuple[np.ndarray, list[str]]:
+    """The label map on the original grid from the network's logits (padding cropped, resampled,
+    arg-max), post-processed, and the post-processing's flags (:meth:`PostprocessConfig.apply_with_flags`;
+    the probabilities are restored only when it needs them)."""
+    prediction = restore_to_original(logits, geometry)
+    if postprocess is None or not postprocess.active:
+        return prediction, []
+    probabilities = restore_probabilities(logits, geometry) if postprocess.needs_probabilities else None
+    return postprocess.apply_with_flags(prediction, geometry.original_affine, geometry.original_spacing,
+                                        probabilities)
 
 
 def selection_dice(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "PreprocessConfig", "CaseGeometry", "normalize_intensity", "resample_image", "resample_label",
-    "preprocess_case", "pad_to_multiple", "crop_padding", "restore_to_original", "PreprocessCache",
+    "preprocess_case", "pad_to_multiple", "crop_padding", "restore_to_original", "restore_probabilities", "PreprocessCache",
 ]
 
 
@@ -220,6 +220,22 @@ def restore_to_original(scores: torch.Tensor, geometry: CaseGeometry) -> np.ndar
         ``D x H x W`` uint8 label map on the original grid: the padding is cropped, the scores are
         resampled trilinearly (when the grid changed) and the arg-max taken.
     """
+    scores = _scores_on_original_grid(scores, geometry)
+    if scores.shape[0] == 1:
+        return (scores[0] > 0).to(torch.uint8).numpy()
+    return scores.argmax(0).to(torch.uint8).numpy()
+
+
+def restore_probabilities(logits: torch.Tensor, geometry: CaseGeometry) -> np.ndarray:
+    """``C x D x H x W`` float32 softmax probabilities on the original grid: the logits mapped back as in
+    :func:`restore_to_original` (so their arg-max is its label map), then the softmax over ``C``."""
+    scores = _scores_on_original_grid(logits, geometry)
+    if scores.shape[0] < 2:
+        raise ValueError("probabilities need a softmax network (C >= 2 outputs), got one output channel")
+    return torch.softmax(scores, dim=0).numpy()
+
+
+def _scores_on_original_grid(scores: torch.Tensor, geometry: CaseGeometry) -> torch.Tensor:
     if scores.ndim != 4:
         raise ValueError(f"restore_to_original expects C x d x h x w scores, got {tuple(scores.shape)}")
     scores = crop_padding(scores, geometry.pad).float()
@@ -229,9 +245,7 @@ def restore_to_original(scores: torch.Tensor, geometry: CaseGeometry) -> np.ndar
     if tuple(scores.shape[1:]) != tuple(geometry.original_shape):
         scores = F.interpolate(scores[None], size=tuple(geometry.original_shape), mode="trilinear",
                                align_corners=False)[0]
-    if scores.shape[0] == 1:
-        return (scores[0] > 0).to(torch.uint8).numpy()
-    return scores.argmax(0).to(torch.uint8).numpy()
+    return scores
 
 
 class PreprocessCache:

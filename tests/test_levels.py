@@ -1,0 +1,183 @@
+"""Level assignment from level probabilities and anatomical order (spineloss.levels)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spineloss.levels import assign_levels, ordered_labelling
+from spineloss.postprocess import craniocaudal_axis
+
+
+def _spine(levels=(1, 2, 3, 4, 5), extra_below=False, fuse=None, shape=(84, 20, 20)):
+    """Bodies of 10 voxels along axis 0 (head at index 0), 4-voxel discs between them."""
+    truth = np.zeros(shape, dtype=np.uint8)
+    z = 4
+    rows = list(levels) + ([6] if extra_below else [])
+    for lev in rows:
+        truth[z:z + 10, 5:15, 5:15] = lev
+        z += 10 if fuse is not None and lev == fuse else 14   # no disc after `fuse`: one piece with the next
+    return truth
+
+
+def _probabilities(truth: np.ndarray, belief: dict[int, dict[int, float]] | None = None, levels: int = 5,
+                   seed: int = 0) -> np.ndarray:
+    """Softmax-like maps: each true label k is believed as ``belief[k]`` ({label: probability}),
+    default certain; a little noise."""
+    rng = np.random.default_rng(seed)
+    p = np.full((levels + 1,) + truth.shape, 0.01, dtype=np.float32)
+    for k in np.unique(truth):
+        mass = (belief or {}).get(int(k), {min(int(k), levels): 0.95})
+        for lab, value in mass.items():
+            p[lab][truth == k] = value
+    p += rng.uniform(0, 0.02, p.shape).astype(np.float32)
+    return p / p.sum(0, keepdims=True)
+
+
+def test_ordered_labelling_by_hand():
+    # three pieces, two levels: the middle piece is background, the others take 1 and 2
+    mass = np.array([[0.0, 5.0, 1.0], [4.0, 1.0, 1.0], [0.0, 2.0, 6.0]])
+    assert ordered_labelling(mass) == [(1,), (), (2,)]
+    # order wins over a local arg-max: both pieces prefer level 2, the upper one gets level 1
+    mass = np.array([[0.0, 4.0, 5.0], [0.0, 0.0, 9.0]])
+    assert ordered_labelling(mass) == [(1,), (2,)]
+    # a piece may take two consecutive levels when allowed
+    fused = np.full((1, 4), np.nan)
+    fused[0, 1] = 10.0
+    assert ordered_labelling(np.array([[0.0, 6.0, 5.0, 0.0]]), fused) == [(1, 2)]
+
+
+def test_clean_spine_is_labelled_as_it_is():
+    truth = _spine()
+    result = assign_levels(_probabilities(truth), 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, truth)
+    assert result.flags == [] and result.pieces == [(1,), (2,), (3,), (4,), (5,)]
+
+
+def test_four_bodies_with_l5_missing_keep_their_levels_and_say_so():
+    truth = _spine(levels=(1, 2, 3, 4))
+    result = assign_levels(_probabilities(truth), 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, truth)          # counting would have said L2..L5
+    assert "missing:L5" in result.flags and "bodies:4" in result.flags
+
+
+def test_two_bodies_fused_into_one_piece_are_split_where_the_levels_meet():
+    truth = _spine(fuse=3)                                        # L3 and L4 touch: one piece
+    from spineloss.postprocess import split_bodies
+    assert split_bodies(truth > 0, (1.0, 1.0, 1.0))[1] == 4
+    result = assign_levels(_probabilities(truth), 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, truth)
+    assert "split" in result.flags and "bodies:4" in result.flags and not any(f.startswith("missing") for f in result.flags)
+
+
+def test_six_bodies_drop_the_extra_one_with_a_flag():
+    truth = _spine(extra_below=True)                              # a segmented S1 (or an L6) below L5
+    belief = {6: {5: 0.55, 0: 0.4}}                               # the network half believes it is L5
+    result = assign_levels(_probabilities(truth, belief), 0, 1, (1.0, 1.0, 1.0))
+    expected = np.where(truth == 6, 0, truth)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert "dropped_below" in result.flags and "bodies:6" in result.flags
+
+
+def test_t12_taken_for_l1_by_the_network_is_dropped_above():
+    truth = _spine(levels=(1, 2, 3, 4, 5))
+    truth = np.roll(truth, 14, axis=0)
+    truth[4:14, 5:15, 5:15] = 7                                   # T12 above L1 (label 7 stands for it)
+    belief = {7: {1: 0.6, 0: 0.35}}
+    result = assign_levels(_probabilities(truth, belief, seed=1), 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, np.where(truth == 7, 0, truth))
+    assert "dropped_above" in result.flags
+
+
+def test_reversed_orientation_reads_the_axis_from_the_affine():
+    truth = _spine()
+    flipped = truth[::-1].copy()                                  # feet at index 0
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])[[2, 1, 0, 3]]          # voxel axis 0 along world z
+    axis, sign = craniocaudal_axis(affine)
+    assert (axis, sign) == (0, -1)                                # +z (head) with growing index
+    result = assign_levels(_probabilities(flipped), axis, sign, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, flipped)
+    assert result.flags == []
+
+
+def test_level_confusions_are_resolved_by_order():
+    truth = _spine()
+    belief = {2: {3: 0.5, 2: 0.45}, 4: {4: 0.5, 5: 0.45}}         # L2 looks like L3, L4 a bit like L5
+    result = assign_levels(_probabilities(truth, belief), 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, truth)
+
+
+def test_empty_prediction_flags_every_level():
+    p = np.zeros((6, 8, 8, 8), dtype=np.float32)
+    p[0] = 1.0
+    result = assign_levels(p, 0, 1, (1.0, 1.0, 1.0))
+    assert not result.labels.any() and "missing:L1" in result.flags and "bodies:0" in result.flags
+    with pytest.raises(ValueError, match="probabilities"):
+        assign_levels(p[0], 0, 1, (1.0, 1.0, 1.0))
+
+
+def test_real_cases_with_a_confused_network(lumbar_dir):
+    """Real L1-L5 anatomy: probabilities made from the masks with two levels confused."""
+    import nibabel as nib
+    for case in ("lumbar_01", "lumbar_02"):
+        img = nib.load(str(lumbar_dir / "labelsTr" / f"{case}.nii.gz"))
+        truth = np.asarray(img.dataobj).astype(np.uint8)
+        spacing = tuple(float(v) for v in img.header.get_zooms()[:3])
+        axis, sign = craniocaudal_axis(img.affine)
+        belief = {1: {2: 0.5, 1: 0.45}, 3: {3: 0.5, 4: 0.45}, 5: {4: 0.5, 5: 0.45}}
+        result = assign_levels(_probabilities(truth, belief), axis, sign, spacing)
+        per_level = [np.logical_and(result.labels == k, truth == k).sum() / (truth == k).sum() for k in range(1, 6)]
+        assert min(per_level) > 0.99, (case, per_level, result.flags)
+        assert not any(f.startswith("missing") for f in result.flags)
+
+
+def test_counting_reports_its_broken_assumptions_too():
+    from spineloss.postprocess import PostprocessConfig
+    truth = _spine(levels=(1, 2, 3, 4))                          # one body short: counting cannot tell
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])[[2, 1, 0, 3]] * np.array([1, 1, -1, 1])[:, None]
+    labels, flags = PostprocessConfig(caudal_bodies=5, number_levels=True).apply_with_flags(
+        (truth > 0).astype(np.uint8), affine, (1.0, 1.0, 1.0))
+    assert "bodies:4" in flags
+    labels, flags = PostprocessConfig(caudal_bodies=5, number_levels=True).apply_with_flags(
+        (_spine() > 0).astype(np.uint8), affine, (1.0, 1.0, 1.0))
+    assert flags == [] and set(np.unique(labels)) == {0, 1, 2, 3, 4, 5}
+
+
+def test_an_oblique_affine_is_flagged():
+    from spineloss.postprocess import PostprocessConfig, axis_obliqueness
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    oblique = np.array([[0, 1, 0, 0], [s, 0, c, 0], [c, 0, -s, 0], [0, 0, 0, 1.0]])
+    assert axis_obliqueness(oblique) == pytest.approx(1 - c)
+    assert axis_obliqueness(np.diag([1.0, 1, 1, 1])[[2, 1, 0, 3]]) == 0.0
+    truth = _spine()
+    _, flags = PostprocessConfig(levels="probabilities").apply_with_flags(
+        truth, oblique, (1.0, 1.0, 1.0), _probabilities(truth))
+    assert "oblique_axis" in flags
+
+
+def test_probability_levels_in_the_experiment_and_predict(tmp_path):
+    """A 6-class phantom network with levels = "probabilities": flags land in cases.csv and metrics.json."""
+    import csv
+    import json
+
+    from spineloss.cli import main
+    from spineloss.experiment import config_from_dict, run_experiment
+    raw = {"experiment": {"name": "lv", "folds": 2, "seed": 0},
+           "data": {"phantom": {"region": "lumbar", "cases": 4, "shape": [32, 32, 24], "seed": 0}},
+           "model": {"channels": [4, 8]},
+           "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2},
+           "postprocess": {"levels": "probabilities"}, "losses": ["dice"]}
+    out = tmp_path / "run"
+    run_experiment(config_from_dict(raw), out, progress=False, pictures=False)
+    metrics = json.loads((out / "dice" / "fold0" / "metrics.json").read_text())
+    with open(out / "dice" / "fold0" / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["flags"].split(";") if r["flags"] else [] for r in rows] == [metrics["flags"].get(r["case"], [])
+                                                                            for r in rows]
+    assert any(metrics["flags"].values())                          # an untrained network breaks assumptions
+    image = sorted((out / "data" / "imagesTr").glob("*.nii.gz"))[0]
+    assert main(["predict", "--model", str(out / "dice" / "fold0" / "model.pt"), "--input", str(image),
+                 "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    with pytest.raises(ValueError, match="predicts the levels"):
+        config_from_dict({**raw, "data": {**raw["data"], "label_mode": "binary"}})
+    with pytest.raises(ValueError, match="leave caudal_bodies"):
+        config_from_dict({**raw, "postprocess": {"levels": "probabilities", "caudal_bodies": 5}})
