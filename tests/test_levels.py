@@ -181,3 +181,43 @@ def test_probability_levels_in_the_experiment_and_predict(tmp_path):
         config_from_dict({**raw, "data": {**raw["data"], "label_mode": "binary"}})
     with pytest.raises(ValueError, match="leave caudal_bodies"):
         config_from_dict({**raw, "postprocess": {"levels": "probabilities", "caudal_bodies": 5}})
+
+
+def test_rescore_compares_level_methods_on_the_same_networks(tmp_path):
+    """One 6-class grid, scored again with the arg-max and with counting: same models, same test cases."""
+    import json
+
+    from spineloss.cli import main
+    from spineloss.experiment import config_from_dict, run_experiment
+    raw = {"experiment": {"name": "lv", "folds": 2, "seed": 0},
+           "data": {"phantom": {"region": "lumbar", "cases": 4, "shape": [32, 32, 24], "seed": 0}},
+           "model": {"channels": [4, 8]},
+           "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2},
+           "postprocess": {"levels": "probabilities"}, "losses": ["dice"]}
+    run = tmp_path / "run"
+    run_experiment(config_from_dict(raw), run, progress=False, pictures=False)
+    assert main(["rescore", str(run), "--out", str(tmp_path / "argmax")]) == 0
+    assert main(["rescore", str(run), "--out", str(tmp_path / "count"), "--postprocess", "caudal_bodies=5",
+                 "number_levels=true"]) == 0
+    for k in (0, 1):
+        a = json.loads((run / "dice" / f"fold{k}" / "metrics.json").read_text())
+        b = json.loads((tmp_path / "argmax" / "dice" / f"fold{k}" / "metrics.json").read_text())
+        c = json.loads((tmp_path / "count" / "dice" / f"fold{k}" / "metrics.json").read_text())
+        assert sorted(a["cases"]) == sorted(b["cases"]) == sorted(c["cases"])
+        assert b["postprocess"]["levels"] == "none" and c["postprocess"]["caudal_bodies"] == 5
+        assert b["selection"] == a["selection"] and b["rescored_from"].endswith(f"fold{k}")
+        assert (tmp_path / "argmax" / "dice" / f"fold{k}" / "history.csv").exists()
+        assert not (tmp_path / "argmax" / "dice" / f"fold{k}" / "model.pt").exists()
+    # the arg-max scores equal a fresh evaluation of the same model without post-processing
+    from spineloss.data.layout import read_dataset
+    from spineloss.data.loader import prepare_cases
+    from spineloss.data.preprocess import PreprocessConfig
+    from spineloss.training import evaluate_cases, load_checkpoint
+    info = read_dataset(run / "data")
+    b = json.loads((tmp_path / "argmax" / "dice" / "fold0" / "metrics.json").read_text())
+    cases = [p for p in prepare_cases(info, info.cases, PreprocessConfig(), "multiclass") if p.case_id in b["cases"]]
+    model, ckpt = load_checkpoint(run / "dice" / "fold0" / "model.pt")
+    fresh = evaluate_cases(model, cases, "multiclass", labels=[1, 2, 3, 4, 5])
+    assert json.dumps(fresh["cases"], sort_keys=True) == json.dumps(b["cases"], sort_keys=True)
+    assert main(["rescore", str(run), "--out", str(run)]) == 2
+    assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--postprocess", "caudal=5"]) == 2

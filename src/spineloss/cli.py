@@ -4,6 +4,7 @@
     spineloss experiment CONFIG.toml [--out DIR] [--data DIR] [--losses a,b] [--force]
                                                          every (loss, fold) of a config, then the table
     spineloss report RUN_DIR [--distance hd|hd95]        (re)write and print the table of a run
+    spineloss rescore RUN_DIR --out DIR [--postprocess KEY=VALUE ...]   score its models with another post-processing
     spineloss predict --model MODEL.pt --input IMG.nii.gz [IMG2 ...] --output SEG.nii.gz [--device auto|cpu|cuda]
     spineloss data phantom [--region lumbar|cervical] [--cases N] --out DIR [--seed S] [--shape D H W]
     spineloss data check DIR                             validate a data set, print its summary
@@ -46,6 +47,24 @@ def _cmd_experiment(args) -> int:
     table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume, force=args.force,
                            only_losses=args.losses.split(",") if args.losses else None)
     print("\n" + table)
+    return 0
+
+
+def _cmd_rescore(args) -> int:
+    import tomllib
+
+    from .experiment import rescore
+    from .postprocess import PostprocessConfig
+    try:
+        table = tomllib.loads("\n".join(args.postprocess))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--postprocess takes KEY=VALUE items in TOML (e.g. caudal_bodies=5 "
+                         f"number_levels=true levels='\"probabilities\"'): {exc}") from exc
+    try:
+        post = PostprocessConfig(**table)
+    except TypeError as exc:
+        raise ValueError(f"--postprocess: {exc}; known keys: caudal_bodies, number_levels, levels") from exc
+    print(rescore(args.run_dir, post, args.out, force=args.force))
     return 0
 
 
@@ -104,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "restarts it from scratch. A finished run is reused while its recorded config is unchanged (see --force).")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("rescore", help="score a run folder's models again with another post-processing")
+    p.add_argument("run_dir", help="a finished (or partly finished) experiment folder")
+    p.add_argument("--postprocess", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="the [postprocess] to score with, as TOML items (none: the network's arg-max), e.g. "
+                        "caudal_bodies=5 number_levels=true, or levels='\"probabilities\"'")
+    p.add_argument("--out", required=True, help="the new run folder (tables, per-case CSVs, pictures)")
+    p.add_argument("--force", action="store_true", help="replace rescored runs that do not match")
+    p.set_defaults(func=_cmd_rescore)
 
     p = sub.add_parser("report", help="write and print the results table of a run folder")
     p.add_argument("run_dir")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -581,20 +582,105 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                    label_names=label_names, progress=False, resume=resume, postprocess=config.postprocess,
                    on_epoch_end=lambda epoch, row: view.epoch(epoch + 1))
         model, ckpt = load_checkpoint(run_dir / "model.pt")
-        post = checkpoint_postprocess(ckpt)
-        metrics = evaluate_cases(model, [prepared[i] for i in split.test], label_mode, labels=labels,
-                                 mirror_axes=checkpoint_mirror_axes(ckpt), postprocess=post,
-                                 predictions_dir=run_dir / "predictions")
-        metrics.update(postprocess=post.to_dict(), train_seconds=time.perf_counter() - t,
-                       protocol=config.protocol(), selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
-                       test_cases=list(split.test), run_config=current, config=full_config,
-                       environment=_environment(config))
-        _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"], metrics["flags"])
-        write_json(run_dir / "metrics.json", metrics)
+        metrics = _score_run(model, ckpt, checkpoint_postprocess(ckpt), [prepared[i] for i in split.test],
+                             label_mode, labels, run_dir, config, current, full_config,
+                             train_seconds=time.perf_counter() - t)
         mean = metrics["mean"].get("mean", {})
         view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"
                     f"  ({metrics['train_seconds']:.0f} s)")
     view.close()
+    if pictures:
+        write_pictures(out_dir, info, label_mode)
+    return write_summary(out_dir, distance=config.table_distance)
+
+
+def _score_run(model, ckpt: dict, post: PostprocessConfig, test_cases, label_mode: str, labels, run_dir: Path,
+               config: ExperimentConfig, current: dict, full_config: dict, **extra) -> dict:
+    """Score a run's model once on its test cases; write ``predictions/``, ``cases.csv`` and, last,
+    ``metrics.json`` (which marks the run done). ``extra``: more entries for ``metrics.json``."""
+    metrics = evaluate_cases(model, test_cases, label_mode, labels=labels, mirror_axes=checkpoint_mirror_axes(ckpt),
+                             postprocess=post, predictions_dir=run_dir / "predictions")
+    metrics.update(postprocess=post.to_dict(), protocol=config.protocol(),
+                   selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
+                   test_cases=[c.case_id for c in test_cases], run_config=current, config=full_config,
+                   environment=_environment(config), **extra)
+    _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"], metrics["flags"])
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def config_from_record(record: dict) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of a run folder's ``experiment.json`` (:meth:`ExperimentConfig.to_dict`)."""
+    record = {k: v for k, v in record.items() if k != "protocol"}
+    sections = ("data", "preprocess", "model", "training", "augment", "postprocess")
+    raw = {name: {k: v for k, v in (record.pop(name, None) or {}).items() if v is not None} for name in sections}
+    raw["losses"] = [{"name": spec["name"], "loss": spec["loss"], "params": spec.get("params", {})}
+                     for spec in record.pop("losses")]
+    raw["experiment"] = {k: v for k, v in record.items() if v is not None}
+    return config_from_dict(raw)
+
+
+def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | Path, *,
+            pictures: bool = True, force: bool = False) -> str:
+    """Score the finished runs of ``run_dir`` again with another post-processing, without training.
+
+    Each (loss, fold)'s ``model.pt`` is evaluated on the same test cases as in the experiment, with
+    ``postprocess`` instead of the config's; ``out_dir`` becomes the run folder of that config
+    (``experiment.json``, ``metrics.json``, ``cases.csv``, ``history.csv`` copied, pictures, table,
+    stats; no model weights). Used to compare post-processings (e.g. the level assignments) on the
+    same networks. Returns the table.
+    """
+    import shutil
+
+    from .data.layout import check_dataset
+    from .data.loader import prepare_cases
+    from .report import write_summary
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise ValueError("rescore writes a new run folder: give an --out other than the run folder itself")
+    if not (run_dir / "experiment.json").exists():
+        raise ValueError(f"{run_dir}: no experiment.json (not a spineloss run folder)")
+    source = config_from_record(json.loads((run_dir / "experiment.json").read_text()))
+    config = dataclasses.replace(source, postprocess=postprocess, output=None)
+    info = check_dataset(resolve_data(source, run_dir))
+    label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
+    label_names = info.label_names(label_mode)
+    postprocess.check_labels(len(label_names) - 1, f"the data set of {run_dir}")
+    splits = fold_splits(config, [c.case_id for c in info.cases])
+    fingerprints = data_fingerprints(info.cases)
+    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints)
+                for spec in config.losses for split in splits}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(out_dir, expected, force, resume=True)
+    full_config = json.loads(json.dumps(config.to_dict(), default=float))
+    write_json(out_dir / "experiment.json", {**full_config, "protocol": config.protocol(),
+                                             "rescored_from": str(run_dir)})
+    write_json(out_dir / "folds.json", [s.to_dict() for s in splits])
+    prepared = {p.case_id: p for p in prepare_cases(info, info.cases, config.preprocess, network_mode,
+                                                       cache_dir=config.data.cache or run_dir / "cache")}
+    labels = sorted(k for k in label_names if k > 0)
+    for spec in config.losses:
+        for split in splits:
+            source_run = run_dir / spec.name / f"fold{split.fold}"
+            target = out_dir / spec.name / f"fold{split.fold}"
+            recorded = (json.loads((source_run / "metrics.json").read_text()).get("run_config")
+                        if (source_run / "metrics.json").exists() else None)
+            if recorded is None or (target / "metrics.json").exists():
+                continue
+            if config_differences(recorded, run_config(source, spec, split, fingerprints)):
+                raise ValueError(f"{source_run} was made with another config than {run_dir}/experiment.json")
+            model, ckpt = load_checkpoint(source_run / "model.pt")
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_run / "history.csv", target / "history.csv")
+            metrics = _score_run(model, ckpt, postprocess, [prepared[i] for i in split.test], label_mode, labels,
+                                 target, config, expected[(spec.name, split.fold)], full_config,
+                                 rescored_from=str(source_run))
+            mean = metrics["mean"].get("mean", {})
+            print(f"[{spec.name} fold {split.fold}] rescored: test Dice {mean.get('dice', float('nan')):.4f}",
+                  file=sys.stderr, flush=True)
+    if not any(out_dir.glob("*/fold*/metrics.json")):
+        raise ValueError(f"{run_dir}: no finished run to rescore")
     if pictures:
         write_pictures(out_dir, info, label_mode)
     return write_summary(out_dir, distance=config.table_distance)
