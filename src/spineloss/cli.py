@@ -4,7 +4,7 @@
     spineloss experiment CONFIG.toml [--out DIR] [--data DIR] [--losses a,b] [--force]
                                                          every (loss, fold) of a config, then the table
     spineloss report RUN_DIR [--distance hd|hd95]        (re)write and print the table of a run
-    spineloss rescore RUN_DIR --out DIR [--postprocess KEY=VALUE ...]   score its models with another post-processing
+    spineloss rescore RUN_DIR --out DIR [--postprocess KEY=VALUE]...    score its models with another post-processing
     spineloss predict --model MODEL.pt --input IMG.nii.gz [IMG2 ...] --output SEG.nii.gz [--device auto|cpu|cuda]
     spineloss data phantom [--region lumbar|cervical] [--cases N] --out DIR [--seed S] [--shape D H W]
     spineloss data check DIR                             validate a data set, print its summary
@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rescore", help="score a run folder's models again with another post-processing")
     p.add_argument("run_dir", help="a finished (or partly finished) experiment folder")
-    p.add_argument("--postprocess", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="the [postprocess] to score with, as TOML items (none: the network's arg-max), e.g. "
-                        "caudal_bodies=5 number_levels=true, or levels='\"probabilities\"'")
+    p.add_argument("--postprocess", action="append", default=[], metavar="KEY=VALUE",
+                   help="one [postprocess] item in TOML, repeated for more (none: the network's arg-max), e.g. "
+                        "--postprocess caudal_bodies=5 --postprocess number_levels=true, or "
+                        "--postprocess levels='\"probabilities\"'")
     p.add_argument("--out", required=True, help="the new run folder (tables, per-case CSVs, pictures)")
     p.add_argument("--force", action="store_true", help="replace rescored runs that do not match")
     p.set_defaults(func=_cmd_rescore)

@@ -641,7 +641,13 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
         raise ValueError("rescore writes a new run folder: give an --out other than the run folder itself")
     if not (run_dir / "experiment.json").exists():
         raise ValueError(f"{run_dir}: no experiment.json (not a spineloss run folder)")
-    source = config_from_record(json.loads((run_dir / "experiment.json").read_text()))
+    record = json.loads((run_dir / "experiment.json").read_text())
+    if "rescored_from" in record:
+        raise ValueError(f"{run_dir} was itself rescored (it has no models): rescore {record['rescored_from']}")
+    source = config_from_record(record)
+    if source.selection != "last":
+        raise ValueError(f"{run_dir} chose its checkpoints on an inner split scored with its own post-processing; "
+                         "rescoring them with another would not be the model that post-processing would choose")
     config = dataclasses.replace(source, postprocess=postprocess, output=None)
     info = check_dataset(resolve_data(source, run_dir))
     label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
@@ -649,8 +655,27 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
     postprocess.check_labels(len(label_names) - 1, f"the data set of {run_dir}")
     splits = fold_splits(config, [c.case_id for c in info.cases])
     fingerprints = data_fingerprints(info.cases)
-    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints)
+    expected = {(spec.name, split.fold): {**run_config(config, spec, split, fingerprints),
+                                          "rescored_from": str(run_dir / spec.name / f"fold{split.fold}")}
                 for spec in config.losses for split in splits}
+    todo = []
+    for spec in config.losses:
+        for split in splits:
+            source_run = run_dir / spec.name / f"fold{split.fold}"
+            if not (source_run / "metrics.json").exists():
+                continue
+            recorded = json.loads((source_run / "metrics.json").read_text()).get("run_config")
+            # the model is what it is: where (device, precision) and by which version it was made does not
+            # matter for scoring it again, everything that shaped it does
+            current = {k: v for k, v in run_config(source, spec, split, fingerprints).items()
+                       if not k.startswith("resolved.")}
+            diffs = config_differences({k: v for k, v in (recorded or {}).items() if not k.startswith("resolved.")},
+                                       current) if recorded else ["recorded without its config"]
+            if diffs:
+                raise ValueError(f"{source_run} does not match {run_dir}/experiment.json: " + "; ".join(diffs[:6]))
+            todo.append((spec, split, source_run))
+    if not todo:
+        raise ValueError(f"{run_dir}: no finished run to rescore")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_folder(out_dir, expected, force, resume=True)
     full_config = json.loads(json.dumps(config.to_dict(), default=float))
@@ -660,27 +685,19 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
     prepared = {p.case_id: p for p in prepare_cases(info, info.cases, config.preprocess, network_mode,
                                                        cache_dir=config.data.cache or run_dir / "cache")}
     labels = sorted(k for k in label_names if k > 0)
-    for spec in config.losses:
-        for split in splits:
-            source_run = run_dir / spec.name / f"fold{split.fold}"
-            target = out_dir / spec.name / f"fold{split.fold}"
-            recorded = (json.loads((source_run / "metrics.json").read_text()).get("run_config")
-                        if (source_run / "metrics.json").exists() else None)
-            if recorded is None or (target / "metrics.json").exists():
-                continue
-            if config_differences(recorded, run_config(source, spec, split, fingerprints)):
-                raise ValueError(f"{source_run} was made with another config than {run_dir}/experiment.json")
-            model, ckpt = load_checkpoint(source_run / "model.pt")
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_run / "history.csv", target / "history.csv")
-            metrics = _score_run(model, ckpt, postprocess, [prepared[i] for i in split.test], label_mode, labels,
-                                 target, config, expected[(spec.name, split.fold)], full_config,
-                                 rescored_from=str(source_run))
-            mean = metrics["mean"].get("mean", {})
-            print(f"[{spec.name} fold {split.fold}] rescored: test Dice {mean.get('dice', float('nan')):.4f}",
-                  file=sys.stderr, flush=True)
-    if not any(out_dir.glob("*/fold*/metrics.json")):
-        raise ValueError(f"{run_dir}: no finished run to rescore")
+    for spec, split, source_run in todo:
+        target = out_dir / spec.name / f"fold{split.fold}"
+        if (target / "metrics.json").exists():
+            continue
+        model, ckpt = load_checkpoint(source_run / "model.pt")
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source_run / "history.csv", target / "history.csv")
+        metrics = _score_run(model, ckpt, postprocess, [prepared[i] for i in split.test], label_mode, labels,
+                             target, config, expected[(spec.name, split.fold)], full_config,
+                             rescored_from=str(source_run))
+        mean = metrics["mean"].get("mean", {})
+        print(f"[{spec.name} fold {split.fold}] rescored: test Dice {mean.get('dice', float('nan')):.4f}",
+              file=sys.stderr, flush=True)
     if pictures:
         write_pictures(out_dir, info, label_mode)
     return write_summary(out_dir, distance=config.table_distance)

@@ -7,22 +7,30 @@ give two bodies the same level, or take T12 for L1; counting bodies from the sac
 :func:`assign_levels` combines them:
 
 1. **Bodies.** The foreground (arg-max not background) is split into pieces as in
-   :func:`spineloss.postprocess.split_bodies` (erosion seeds, nearest-seed growth), and pieces are
-   ordered along the cranio-caudal axis read from the affine.
-2. **Evidence.** For piece ``b`` and label ``k`` (0 = background) the probability mass
+   :func:`spineloss.postprocess.split_bodies` (erosion seeds, nearest-seed growth). Pieces side by side
+   at one height (each one's centroid within the other's head-feet extent) are one body. Bodies of at
+   least ``min_body_fraction`` of the median of the ``L`` largest take part; smaller pieces are
+   fragments and take the label of the nearest body afterwards. Bodies are ordered along the
+   cranio-caudal axis read from the affine.
+2. **Evidence.** For body ``b`` and label ``k`` (0 = background) the probability mass
    ``M[b, k] = sum_{v in b} p_k(v)``.
-3. **Ordered labelling** (dynamic programme over the pieces, head to feet, state = the last level
-   used): each piece is background (gain ``M[b, 0]``), one level ``k`` above the last one used (gain
-   ``M[b, k]``), or two consecutive levels ``k, k+1`` when the probabilities say two levels meet in it
-   (each holds at least ``fused_share`` of the piece's mass on the two; gain
-   ``sum_v max(p_k(v), p_{k+1}(v))``, voxels split by that arg-max). Levels strictly increase towards
-   the feet, each is used at most once. The labelling with the highest total gain is returned: the
-   maximum-probability labelling that respects the anatomy's order.
+3. **Ordered labelling** (exact dynamic programme over the bodies, head to feet, state = the last level
+   used): each body is background (gain ``M[b, 0]``), one level ``k`` above the last one used (gain
+   ``M[b, k]``), or, when it holds at least ``fused_volume`` median bodies (two bodies fused through a
+   disc), two consecutive levels ``k, k+1`` cut by the plane across the head-feet axis that maximises
+   ``sum_{above} p_k + sum_{below} p_{k+1}`` (each part body-size). Levels strictly increase towards the
+   feet and each is used at most once: the maximum-probability labelling that respects the anatomy.
 4. **Flags.** What breaks an assumption is reported, never relabelled silently: ``missing:L5`` (a
-   level no body took), ``dropped_below`` (a body-size piece caudal to the most caudal level: a
-   segmented S1 or a transitional L6), ``dropped_above`` (a body-size piece cranial to the first
-   level: T12), ``split`` (one piece took two levels), ``bodies:<n>`` (body-size pieces found, when
-   not the number of levels) and ``oblique_axis`` (the affine has no clear head-feet axis).
+   level with less than a quarter of a median body written), ``dropped_above`` (a body cranial to the
+   first level: T12), ``dropped_below`` (caudal to the last: a segmented S1 or a transitional L6),
+   ``dropped_between``, ``split`` (a body took two levels), ``bodies:<n>`` (bodies found, a split one
+   counted twice, when not ``L``), ``skipped_level`` (neighbouring bodies one typical spacing apart
+   whose levels jump: a shift, not a missing body), ``count_disagrees`` (counting the bodies up from
+   the most caudal one would label them otherwise) and ``oblique_axis`` (no clear head-feet axis).
+
+Limits: a network that shifts every level by one and misses the most caudal body (T12 called L1, ...,
+L4 called L5, no L5 segmented) gives an ordered, complete labelling that counting agrees with: nothing
+in the label map can tell, so it is not flagged.
 
 The probabilities are softmax outputs on the label map's grid (``C x D x H x W``, ``C = levels + 1``).
 
@@ -92,7 +100,7 @@ def ordered_labelling(mass: np.ndarray, fused: np.ndarray | None = None) -> list
 
 
 def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacing: Sequence[float],
-                  erosion_mm: float = 2.0, min_body_fraction: float = 0.5, fused_share: float = 0.25,
+                  erosion_mm: float = 2.0, min_body_fraction: float = 0.5, fused_volume: float = 1.5,
                   oblique: bool = False) -> LevelAssignment:
     """Label the vertebral bodies of ``probabilities`` (``(L + 1) x D x H x W`` softmax) with levels ``1..L``.
 
@@ -101,10 +109,11 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
             (:func:`spineloss.postprocess.craniocaudal_axis`).
         spacing: voxel size in mm.
         erosion_mm: erosion radius of the split into pieces.
-        min_body_fraction: pieces of at least this fraction of the median volume of the ``L`` largest
-            are body-size (the flags count those).
-        fused_share: a piece may take two consecutive levels when each holds at least this share of
-            its probability mass on the two.
+        min_body_fraction: bodies are pieces (or pieces side by side at one height) of at least this
+            fraction of the median volume of the ``L`` largest; smaller ones are fragments, which take
+            the label of the nearest body.
+        fused_volume: a body may take two consecutive levels, cut by a plane across the head-feet
+            axis, when it holds at least this many median bodies (two bodies fused through a disc).
         oblique: the caller found no clear head-feet axis (adds the ``oblique_axis`` flag).
     Returns:
         :class:`LevelAssignment` (see the module docstring for the method and the flags).
@@ -121,50 +130,136 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
     box = bounding_box(argmax > 0, margin=1)
     if box is None:
         return LevelAssignment(labels, flags + [f"missing:L{k}" for k in range(1, levels + 1)] + ["bodies:0"])
+    pb = p[(slice(None),) + box]
     parts, n = split_bodies(argmax[box] > 0, spacing, erosion_mm)
-    index = np.arange(1, n + 1)
-    flat = parts.ravel()
-    mass = np.stack([np.bincount(flat, weights=p[k][box].ravel(), minlength=n + 1)[1:]
+    groups = _bodies_at_one_height(parts, n, axis)                 # piece -> body id (side-by-side halves join)
+    n_groups = int(groups.max())
+    body_of = groups[parts]                                        # voxel -> body id (0: background)
+    flat = body_of.ravel()
+    volume = np.bincount(flat, minlength=n_groups + 1)[1:].astype(np.float64)
+    reference = float(np.median(np.sort(volume)[::-1][:levels]))
+    is_body = volume >= min_body_fraction * reference
+    ids = np.flatnonzero(is_body) + 1
+    mass = np.stack([np.bincount(flat, weights=pb[k].ravel(), minlength=n_groups + 1)[ids]
                      for k in range(levels + 1)], axis=1)
+    position = np.array([c[axis] for c in ndimage.center_of_mass(body_of > 0, body_of, ids)]) * caudal_sign
+    order = np.argsort(position)                                   # head to feet
+    ids, mass, position = ids[order], mass[order], position[order]
     fused = np.full_like(mass, np.nan)
-    for k in range(1, levels):
-        pair = mass[:, k] + mass[:, k + 1]
-        ok = (mass[:, k] >= fused_share * pair) & (mass[:, k + 1] >= fused_share * pair)
-        if ok.any():
-            best_of_two = np.bincount(flat, weights=np.maximum(p[k][box], p[k + 1][box]).ravel(),
-                                      minlength=n + 1)[1:]
-            fused[ok, k] = best_of_two[ok]
-    centre = np.array([c[axis] for c in ndimage.center_of_mass(parts > 0, parts, index)])
-    order = np.argsort(centre * caudal_sign)                     # head to feet
-    chosen = ordered_labelling(mass[order], fused[order])
+    cuts: dict[tuple[int, int], int] = {}
+    for row, body in enumerate(ids):
+        if volume[body - 1] >= fused_volume * reference:
+            for k in range(1, levels):
+                cut = _best_cut(body_of == body, pb[k], pb[k + 1], axis, caudal_sign,
+                                min_body_fraction * reference)
+                if cut is not None:
+                    fused[row, k], cuts[(row, k)] = cut[1], cut[0]
+    chosen = ordered_labelling(mass, fused)
 
-    volume = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-    body = volume >= min_body_fraction * float(np.median(np.sort(volume)[::-1][:levels]))
-    level_of = np.zeros(n + 1, dtype=np.int64)
     sub = labels[box]
-    used, first, last = set(), None, None
-    for rank, (piece, levels_here) in enumerate(zip(order + 1, chosen)):
-        used.update(levels_here)
-        if not levels_here:
-            continue
-        first = rank if first is None else first
-        last = rank
+    is_body_voxel = np.isin(body_of, ids)
+    for row, (body, levels_here) in enumerate(zip(ids, chosen)):
+        inside = body_of == body
         if len(levels_here) == 1:
-            level_of[piece] = levels_here[0]
-        else:
+            sub[inside] = levels_here[0]
+        elif len(levels_here) == 2:
             k = levels_here[0]
-            inside = parts == piece
-            sub[inside] = np.where(p[k + 1][box][inside] > p[k][box][inside], k + 1, k)
-    assigned = level_of[parts]
-    sub[assigned > 0] = assigned[assigned > 0]
-    flags += [f"missing:L{k}" for k in range(1, levels + 1) if k not in used]
-    dropped = [rank for rank, levels_here in enumerate(chosen) if not levels_here and body[order[rank]]]
-    if last is not None and any(rank > last for rank in dropped):
-        flags.append("dropped_below")
-    if first is not None and any(rank < first for rank in dropped):
-        flags.append("dropped_above")
-    if any(len(c) == 2 for c in chosen):
-        flags.append("split")
-    if int(body.sum()) != levels:
-        flags.append(f"bodies:{int(body.sum())}")
+            coord = np.indices(inside.shape)[axis] * caudal_sign
+            sub[inside & (coord < cuts[(row, k)] * caudal_sign)] = k
+            sub[inside & (coord >= cuts[(row, k)] * caudal_sign)] = k + 1
+    fragments = (body_of > 0) & ~is_body_voxel
+    if fragments.any():                                            # the label of the nearest body (or none)
+        nearest = ndimage.distance_transform_edt(~is_body_voxel, sampling=spacing, return_distances=False,
+                                                    return_indices=True)
+        sub[fragments] = sub[tuple(idx[fragments] for idx in nearest)]
+    flags += _flags(sub, chosen, position, levels, min_body_fraction * reference / 2)
+    flags += _count_check(chosen, levels)
     return LevelAssignment(labels, flags, [tuple(c) for c in chosen])
+
+
+def _bodies_at_one_height(parts: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """``groups[piece]``: pieces lying side by side at one height (each one's centroid within the
+    other's head-feet extent, as the two halves of one body cut by a gap) share a body id; adjacent
+    bodies, one above the other, never do. ``groups[0] = 0``."""
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    index = np.arange(1, n + 1)
+    centre = np.array([c[axis] for c in ndimage.center_of_mass(parts > 0, parts, index)])
+    extent = [(sl[axis].start, sl[axis].stop - 1) for sl in ndimage.find_objects(parts)]
+    parent = list(range(n + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if extent[j][0] <= centre[i] <= extent[j][1] and extent[i][0] <= centre[j] <= extent[i][1]:
+                parent[root(i + 1)] = root(j + 1)
+    roots = sorted({root(i) for i in index})
+    renumber = {r: g + 1 for g, r in enumerate(roots)}
+    return np.array([0] + [renumber[root(i)] for i in index], dtype=np.int64)
+
+
+def _best_cut(inside: np.ndarray, p_upper: np.ndarray, p_lower: np.ndarray, axis: int, caudal_sign: int,
+              min_volume: float) -> tuple[int, float] | None:
+    """The plane across ``axis`` that best splits a body into an upper level (head side, ``p_upper``) and
+    a lower one: ``(first index of the lower part, gain)``, each part at least ``min_volume`` voxels,
+    or ``None``. Gain: the upper level's probability summed above the cut plus the lower one's below."""
+    other = tuple(a for a in range(inside.ndim) if a != axis)
+    up = (p_upper * inside).sum(axis=other)
+    low = (p_lower * inside).sum(axis=other)
+    count = inside.sum(axis=other).astype(np.float64)
+    if caudal_sign < 0:                                            # walk from the head end
+        up, low, count = up[::-1], low[::-1], count[::-1]
+    above_up = np.concatenate([[0.0], np.cumsum(up)])              # slices [0, c) are the upper part
+    below_low = np.concatenate([[0.0], np.cumsum(low[::-1])])[::-1]
+    above_count = np.concatenate([[0.0], np.cumsum(count)])
+    gain = above_up + below_low
+    ok = (above_count >= min_volume) & (above_count[-1] - above_count >= min_volume)
+    if not ok.any():
+        return None
+    c = int(np.argmax(np.where(ok, gain, -np.inf)))
+    index = c if caudal_sign > 0 else len(count) - c               # back to array indices
+    return index, float(gain[c])
+
+
+def _flags(labels: np.ndarray, chosen: list[tuple[int, ...]], position: np.ndarray, levels: int,
+           min_volume: float) -> list[str]:
+    """What the labelling had to assume (module docstring): from the labels written and the choices."""
+    out = []
+    written = np.bincount(labels.ravel(), minlength=levels + 1)
+    out += [f"missing:L{k}" for k in range(1, levels + 1) if written[k] < min_volume]
+    labelled = [row for row, c in enumerate(chosen) if c]
+    dropped = [row for row, c in enumerate(chosen) if not c]
+    if labelled:
+        if any(row > labelled[-1] for row in dropped):
+            out.append("dropped_below")
+        if any(row < labelled[0] for row in dropped):
+            out.append("dropped_above")
+        if any(labelled[0] < row < labelled[-1] for row in dropped):
+            out.append("dropped_between")
+    if any(len(c) == 2 for c in chosen):
+        out.append("split")
+    units = sum(max(1, len(c)) for c in chosen)
+    if units != levels:
+        out.append(f"bodies:{units}")
+    spacing = np.diff(position[labelled]) if len(labelled) > 1 else np.zeros(0)
+    if spacing.size:
+        typical = float(np.median(spacing))
+        for (a, b), gap in zip(zip(labelled, labelled[1:]), spacing):
+            if chosen[b][0] - chosen[a][-1] > 1 and gap <= 1.5 * typical:
+                out.append("skipped_level")                        # a level jumped between neighbours
+                break
+    return out
+
+
+def _count_check(chosen: list[tuple[int, ...]], levels: int) -> list[str]:
+    """``count_disagrees`` when counting the bodies up from the most caudal one (L5, L4, ...) would have
+    labelled any of the ``levels`` most caudal bodies differently (a shift, or an extra body below)."""
+    units = [lev for c in chosen for lev in (c if c else (0,))]    # head to feet, a split body counts twice
+    counted = units[::-1][:levels]
+    expected = list(range(levels, levels - len(counted), -1))
+    return ["count_disagrees"] if len(units) >= levels and counted != expected else []

@@ -156,9 +156,10 @@ def axis_obliqueness(affine) -> float:
 def craniocaudal_axis(affine: np.ndarray | Sequence[Sequence[float]]) -> tuple[int, int]:
     """``(axis, caudal_sign)`` of a voxel grid from its NIfTI (RAS+) affine.
 
-    ``axis`` is the voxel axis whose direction has the largest superior-inferior (world z)
-    component; ``caudal_sign`` is +1 when increasing the index along it moves towards the feet, -1
-    when it moves towards the head.
+    ``axis`` is the voxel axis whose direction (the affine's column, normalised by the voxel size, so
+    thick slices do not outweigh thin ones) has the largest superior-inferior (world z) component;
+    ``caudal_sign`` is +1 when increasing the index along it moves towards the feet, -1 when it moves
+    towards the head.
     """
     a = np.asarray(affine, dtype=np.float64)
     if a.shape not in ((4, 4), (3, 4), (3, 3)):
@@ -166,7 +167,8 @@ def craniocaudal_axis(affine: np.ndarray | Sequence[Sequence[float]]) -> tuple[i
     z = a[2, :3]
     if not np.any(z):
         raise ValueError("the affine has no superior-inferior component: cannot tell head from feet")
-    axis = int(np.argmax(np.abs(z)))
+    norms = np.linalg.norm(a[:3, :3], axis=0)
+    axis = int(np.argmax(np.abs(z) / np.where(norms > 0, norms, np.inf)))
     return axis, (1 if z[axis] < 0 else -1)
 
 

@@ -12,8 +12,9 @@ __all__ = ["predict_array", "predict_file"]
 
 
 def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray,
-                  device: str = "cpu") -> np.ndarray:
-    """Label map (``D x H x W`` uint8, the image's grid) for ``image`` (``C x D x H x W``)."""
+                  device: str = "cpu", name: str = "the image") -> np.ndarray:
+    """Label map (``D x H x W`` uint8, the image's grid) for ``image`` (``C x D x H x W``); the
+    post-processing's flags, if any, are logged as a warning naming ``name``."""
     import dataclasses
 
     from .data.preprocess import PreprocessConfig, preprocess_case
@@ -29,8 +30,8 @@ def predict_array(model, checkpoint: dict, image: np.ndarray, affine: np.ndarray
                                             checkpoint_postprocess(checkpoint))
     if flags:
         import logging
-        logging.getLogger("spineloss.predict").warning("the post-processing's assumptions do not hold: %s",
-                                                       ", ".join(flags))
+        logging.getLogger("spineloss.predict").warning("%s: the post-processing's assumptions do not hold: %s",
+                                                       name, ", ".join(flags))
     return label
 
 
@@ -64,7 +65,7 @@ def predict_file(model_path: str | Path, inputs: Sequence[str | Path] | str | Pa
             raise ValueError(f"{path}: shape or affine differs from {inputs[0]}")
         affine, header = (img.affine, img.header) if affine is None else (affine, header)
         channels.append(data)
-    label = predict_array(model, ckpt, np.stack(channels), affine, dev)
+    label = predict_array(model, ckpt, np.stack(channels), affine, dev, name=str(inputs[0]))
     out = nib.Nifti1Image(label.astype(np.uint8), affine)
     out.header.set_xyzt_units(*header.get_xyzt_units())
     output = Path(output)

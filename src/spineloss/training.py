@@ -257,7 +257,7 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, device: torch.devi
 def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device="cpu",
                    labels: Sequence[int] | None = None, mirror_axes: Sequence[int] = (),
                    postprocess: PostprocessConfig | None = None, *, distances: bool = True,
-                   predictions_dir: str | Path | None = None) -> dict:
+                   predictions_dir: str | Path | None = None, warn: bool = True) -> dict:
     """Predict each case, map it back to the original grid and compare with the original label file.
 
     The one scoring path of spineloss: the final test scores and the checkpoint selection
@@ -267,7 +267,8 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
     ``mirror_axes``: test-time mirroring (:func:`predict_logits`); ``postprocess``: applied to the
     label map on the original grid (:class:`~spineloss.postprocess.PostprocessConfig`);
     ``distances=False`` skips the surface distances (overlap metrics only); ``predictions_dir``:
-    also write each prediction there as ``<case_id>.nii.gz`` (uint8, the original affine).
+    also write each prediction there as ``<case_id>.nii.gz`` (uint8, the original affine); ``warn``:
+    log the post-processing's flags (off for checkpoint selection, which scores every few epochs).
 
     Returns ``{"cases": {case_id: compute_metrics(...)}, "mean": {label: {metric: mean over cases}},
     "nan_counts": {label: {metric: cases whose value is NaN}}, "flags": {case_id: [flag, ...]}}``
@@ -285,6 +286,7 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
         prediction, case_flags = postprocessed_prediction(logits, geometry, postprocess)
         if case_flags:
             flags[case.case_id] = case_flags
+        if case_flags and warn:
             log.warning("%s: the post-processing's assumptions do not hold: %s", case.case_id, ", ".join(case_flags))
         if case.source_label is not None:
             reference = np.asarray(nib.load(str(case.source_label)).dataobj)
@@ -323,7 +325,8 @@ def selection_dice(model, cases: Sequence[PreparedCase], label_mode: str, device
     ``cases`` must be drawn from the training cases of the fold (an inner validation split); the
     experiment never passes a test case here (``tests/test_protocol.py`` checks it).
     """
-    result = evaluate_cases(model, cases, label_mode, device, labels, mirror_axes, postprocess, distances=False)
+    result = evaluate_cases(model, cases, label_mode, device, labels, mirror_axes, postprocess, distances=False,
+                            warn=False)
     return float(result["mean"]["mean"]["dice"])
 
 

@@ -222,12 +222,18 @@ def write_summary(run_dir: str | Path, distance: str | None = None, label: str =
                               best={"dice": best["Dice"], distance: best["Hausdorff"]}, selection=selection)
     marks = significance_marks(comparisons)
     folds = {loss: len(f) for loss, f in results.items()}
+    flagged = {loss: sum(1 for fold in f for v in fold.get("flags", {}).values() if v) for loss, f in results.items()}
+    post = settings.get("postprocess") or {}
+    post_text = ", ".join(f"{k} = {v!r}" for k, v in post.items()) or "none"
+    flag_text = (f" Post-processing ({post_text}) flagged cases: "
+                 + ", ".join(f"{k}: {v}" for k, v in flagged.items()) + " (cases.csv, column flags)."
+                 if any(flagged.values()) else f" Post-processing: {post_text}.")
     protocol = settings.get("protocol", "Protocol not recorded (a run folder of an older spineloss).")
     note = (f"\nMean ± (std) over folds ({', '.join(f'{k}: {v}' for k, v in folds.items())}) of the "
             f"per-fold mean over its test cases; label entry '{label}'. {protocol} "
             f"†: differs from the column's best (bold) loss in a paired two-sided Wilcoxon signed-rank test "
             f"on per-case values over the cases both scored, Holm-corrected over the losses, p < {alpha:g} "
-            "(stats.csv: p-values and the median difference, which gives the direction).\n")
+            "(stats.csv: p-values and the median difference, which gives the direction)." + flag_text + "\n")
     atomic_write_text(run_dir / "summary.md", format_markdown(rows, distance, marks) + note)
     atomic_write_text(run_dir / "summary.csv", format_csv(rows, selection))
     atomic_write_text(run_dir / "summary.tex", f"% {protocol}\n" + format_latex(rows, distance, marks))
