@@ -216,48 +216,61 @@ def test_an_oblique_affine_is_flagged():
     assert "oblique_axis" in flags
 
 
-def test_probability_levels_in_the_experiment_and_predict(tmp_path):
-    """A 6-class phantom network with levels = "probabilities": flags land in cases.csv and metrics.json."""
+LEVEL_RUN = {"experiment": {"name": "lv", "folds": 2, "seed": 0},
+             "data": {"phantom": {"region": "lumbar", "cases": 4, "shape": [32, 32, 24], "seed": 0}},
+             "model": {"channels": [4, 8]},
+             "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2},
+             "postprocess": {"levels": "probabilities"}, "losses": ["dice"]}
+
+
+@pytest.fixture(scope="module")
+def level_run(tmp_path_factory):
+    """A 6-class phantom grid (2 folds, 2 steps each) with levels = "probabilities"."""
+    from spineloss.experiment import config_from_dict, run_experiment
+    run = tmp_path_factory.mktemp("levels") / "run"
+    run_experiment(config_from_dict(LEVEL_RUN), run, progress=False, pictures=False)
+    return run
+
+
+def test_probability_levels_in_the_experiment_and_predict(level_run, tmp_path, caplog):
+    """Flags land in cases.csv and metrics.json; predict gives the experiment's prediction and names
+    the file in its warning."""
     import csv
     import json
 
+    import nibabel as nib
+
     from spineloss.cli import main
-    from spineloss.experiment import config_from_dict, run_experiment
-    raw = {"experiment": {"name": "lv", "folds": 2, "seed": 0},
-           "data": {"phantom": {"region": "lumbar", "cases": 4, "shape": [32, 32, 24], "seed": 0}},
-           "model": {"channels": [4, 8]},
-           "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2},
-           "postprocess": {"levels": "probabilities"}, "losses": ["dice"]}
-    out = tmp_path / "run"
-    run_experiment(config_from_dict(raw), out, progress=False, pictures=False)
+    from spineloss.experiment import config_from_dict
+    raw, out = LEVEL_RUN, level_run
     metrics = json.loads((out / "dice" / "fold0" / "metrics.json").read_text())
     with open(out / "dice" / "fold0" / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["flags"].split(";") if r["flags"] else [] for r in rows] == [metrics["flags"].get(r["case"], [])
                                                                             for r in rows]
     assert any(metrics["flags"].values())                          # an untrained network breaks assumptions
-    image = sorted((out / "data" / "imagesTr").glob("*.nii.gz"))[0]
-    assert main(["predict", "--model", str(out / "dice" / "fold0" / "model.pt"), "--input", str(image),
-                 "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    case = next(c for c in metrics["test_cases"] if metrics["flags"].get(c))
+    image = out / "data" / "imagesTr" / f"{case}_0000.nii.gz"
+    with caplog.at_level("WARNING"):
+        assert main(["predict", "--model", str(out / "dice" / "fold0" / "model.pt"), "--input", str(image),
+                     "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj),
+                                  np.asarray(nib.load(str(out / "dice" / "fold0" / "predictions" /
+                                                          f"{case}.nii.gz")).dataobj))
+    assert any(str(image) in r.getMessage() and metrics["flags"][case][0] in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="predicts the levels"):
         config_from_dict({**raw, "data": {**raw["data"], "label_mode": "binary"}})
     with pytest.raises(ValueError, match="leave caudal_bodies"):
         config_from_dict({**raw, "postprocess": {"levels": "probabilities", "caudal_bodies": 5}})
 
 
-def test_rescore_compares_level_methods_on_the_same_networks(tmp_path):
+def test_rescore_compares_level_methods_on_the_same_networks(level_run, tmp_path):
     """One 6-class grid, scored again with the arg-max and with counting: same models, same test cases."""
     import json
 
     from spineloss.cli import main
     from spineloss.experiment import config_from_dict, run_experiment
-    raw = {"experiment": {"name": "lv", "folds": 2, "seed": 0},
-           "data": {"phantom": {"region": "lumbar", "cases": 4, "shape": [32, 32, 24], "seed": 0}},
-           "model": {"channels": [4, 8]},
-           "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2},
-           "postprocess": {"levels": "probabilities"}, "losses": ["dice"]}
-    run = tmp_path / "run"
-    run_experiment(config_from_dict(raw), run, progress=False, pictures=False)
+    raw, run = LEVEL_RUN, level_run
     assert main(["rescore", str(run), "--out", str(tmp_path / "argmax")]) == 0
     assert main(["rescore", str(run), "--out", str(tmp_path / "count"), "--postprocess", "caudal_bodies=5",
                  "--postprocess", "number_levels=true"]) == 0
