@@ -72,11 +72,18 @@ def protocol_text(selection: str, inner_val_fraction: float) -> str:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss of the experiment: the row name, the registry name (or ``{name: weight}``), parameters."""
+    """A loss of the experiment: the row name, the registry name (or ``{name: weight}``), parameters, and
+    how it changes while training (``tuning``: :class:`spineloss.tuning.runner.TuningSpec`'s table)."""
 
     name: str
     loss: Any
     params: dict = field(default_factory=dict)
+    tuning: dict | None = None
+
+    def tuning_spec(self):
+        """The validated :class:`~spineloss.tuning.runner.TuningSpec`, or None."""
+        from .tuning.runner import TuningSpec
+        return TuningSpec.from_table(self.tuning, f"[[losses]] '{self.name}' tuning")
 
     def build(self, spacing: tuple[float, float, float] | None = None):
         """The loss module; distance losses get ``spacing`` (mm) unless the params set it. In training
@@ -207,9 +214,12 @@ def _loss_specs(raw) -> tuple[LossSpec, ...]:
             if name is None:
                 raise ValueError(f"a [[losses]] entry with a weighted sum needs a 'name': {item}")
             params = item.pop("params", {})
+            tuning = item.pop("tuning", None)
             if item:
-                raise ValueError(f"[[losses]] '{name}': unknown key(s) {sorted(item)}; use name, loss, params")
-            specs.append(LossSpec(str(name), loss, dict(params)))
+                raise ValueError(f"[[losses]] '{name}': unknown key(s) {sorted(item)}; use name, loss, params, tuning")
+            spec = LossSpec(str(name), loss, dict(params), dict(tuning) if tuning else None)
+            spec.tuning_spec()                                      # a typo fails when the config loads
+            specs.append(spec)
         else:
             raise ValueError(f"a loss must be a name or a table, got {item!r}")
     return tuple(specs)
@@ -394,7 +404,7 @@ def _option_defaults() -> dict:
     top = {f.name: f.default for f in fields(ExperimentConfig) if f.name not in sections and
            f.default is not dataclasses.MISSING}
     data = {f.name: f.default for f in fields(DataConfig) if f.name not in ("path", "phantom")}
-    return _flatten({**top, "data": data, **{k: asdict(v) for k, v in sections.items()}})
+    return _flatten({**top, "data": data, "loss": {"tuning": None}, **{k: asdict(v) for k, v in sections.items()}})
 
 
 def config_differences(recorded: dict | None, current: dict | None) -> list[str]:
@@ -576,15 +586,16 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         train_cases = [prepared[i] for i in split.train]
         view.start(name, _epochs_done(run_dir) if resume else 0)
         t = time.perf_counter()
-        train_fold(train_cases, [prepared[i] for i in split.inner_val], spec.build(train_cases[0].spacing),
+        trained = train_fold(train_cases, [prepared[i] for i in split.inner_val], spec.build(train_cases[0].spacing),
                    num_classes, run_dir, model_config=config.model, train_config=config.training,
                    augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
                    label_names=label_names, progress=False, resume=resume, postprocess=config.postprocess,
-                   on_epoch_end=lambda epoch, row: view.epoch(epoch + 1))
+                   on_epoch_end=lambda epoch, row: view.epoch(epoch + 1), tuning=spec.tuning_spec())
         model, ckpt = load_checkpoint(run_dir / "model.pt")
         metrics = _score_run(model, ckpt, checkpoint_postprocess(ckpt), [prepared[i] for i in split.test],
                              label_mode, labels, run_dir, config, current, full_config,
-                             train_seconds=time.perf_counter() - t)
+                             train_seconds=time.perf_counter() - t,
+                             **({"tuning": trained["tuning"]} if "tuning" in trained else {}))
         mean = metrics["mean"].get("mean", {})
         view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"
                     f"  ({metrics['train_seconds']:.0f} s)")
@@ -614,7 +625,8 @@ def config_from_record(record: dict) -> ExperimentConfig:
     record = {k: v for k, v in record.items() if k != "protocol"}
     sections = ("data", "preprocess", "model", "training", "augment", "postprocess")
     raw = {name: {k: v for k, v in (record.pop(name, None) or {}).items() if v is not None} for name in sections}
-    raw["losses"] = [{"name": spec["name"], "loss": spec["loss"], "params": spec.get("params", {})}
+    raw["losses"] = [{"name": spec["name"], "loss": spec["loss"], "params": spec.get("params", {}),
+                      **({"tuning": spec["tuning"]} if spec.get("tuning") else {})}
                      for spec in record.pop("losses")]
     raw["experiment"] = {k: v for k, v in record.items() if v is not None}
     return config_from_dict(raw)

@@ -449,7 +449,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                preprocess: PreprocessConfig | None = None, label_mode: str = "multiclass",
                label_names: dict[int, str] | None = None, resume: bool = True, progress: bool = True,
                postprocess: PostprocessConfig | None = None,
-               on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+               on_epoch_end: Callable[[int, dict], None] | None = None, tuning=None) -> dict:
     """Train one model and write ``history.csv``, ``model.pt`` and ``last.pt`` (the resume point).
 
     Checkpoint selection: with ``val_cases`` (an inner validation split drawn from the fold's
@@ -464,6 +464,11 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     without selection). With ``resume`` and a ``last.pt`` in ``out_dir``, training continues after its
     epoch (a finished run returns at once). ``on_epoch_end(epoch, row)`` is called after each epoch's
     checkpoint is on disk.
+
+    ``tuning`` (a :class:`spineloss.tuning.runner.TuningSpec`): the loss changes while training (greedy
+    parameter search, adaptive weights), logged to ``params.csv`` / ``weights.csv``; its held-out batches
+    come from ``val_cases`` when there are any, else from ``train_cases`` (never from test cases), and
+    its cost is returned under ``tuning`` and written to ``tuning.json``.
     """
     cfg = train_config
     out_dir = Path(out_dir)
@@ -505,6 +510,22 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     meta["selection"] = {"rule": "best_inner_val_dice" if select else "last_epoch",
                          "cases": [c.case_id for c in val_cases]}
     mix_gen = torch.Generator()
+    tuner = None
+    if tuning is not None:
+        from .tuning.runner import LossTuner
+        held_cases = list(val_cases) or list(train_cases)
+        held_set = PatchDataset(held_cases, cfg.patch_size, model.divisor, AugmentConfig.none(), cfg.seed + 7919,
+                                num_classes, foreground_oversample=cfg.foreground_oversample)
+
+        def held_out(k: int) -> dict:
+            items = [held_set[(k, i)] for i in range(cfg.batch_size)]
+            return {"image": torch.stack([it["image"] for it in items]), "label": torch.stack([it["label"] for it in items]),
+                    "spacing": [held_cases[0].spacing]}
+
+        tuner = LossTuner(tuning, loss_fn, cfg.epochs * cfg.iterations_per_epoch, out_dir, held_out,
+                          resume_step=start_epoch * cfg.iterations_per_epoch if start_epoch else None)
+        if start_epoch and state.get("tuning") is not None:
+            tuner.load_state_dict(state["tuning"])
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -514,8 +535,14 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
         mix_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
         losses, skipped = [], 0
         bar = _progress(loader, progress, f"epoch {epoch + 1}/{cfg.epochs}")
-        for batch in bar:
+        for i, batch in enumerate(bar):
+            step = epoch * cfg.iterations_per_epoch + i
+            if tuner is not None:
+                tuner.before_step(step, model, optimizer, scaler, lambda: trainer.step(batch, mix_gen),
+                                  generators=(mix_gen,), train_batch=batch)
             value = trainer.step(batch, mix_gen)
+            if tuner is not None and value is not None:
+                tuner.after_step(step)
             if value is None:
                 skipped += 1
                 log.warning("epoch %d: non-finite loss, step skipped", epoch)
@@ -544,13 +571,18 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                   f"val Dice {val_dice:.4f}  ({row['seconds']:.1f} s)", flush=True)
         atomic_save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                      "scaler_state": scaler.state_dict(), "history": history, "epoch": epoch,
-                     "best_dice": best_dice, "best_epoch": best_epoch}, last_path)
+                     "best_dice": best_dice, "best_epoch": best_epoch,
+                     "tuning": tuner.state_dict() if tuner is not None else None}, last_path)
         _write_history(out_dir / "history.csv", history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     _write_history(out_dir / "history.csv", history)
     last = history[-1] if history else {}
-    return {**last, "best_val_dice": best_dice if select else float("nan"), "best_epoch": best_epoch + 1}
+    out = {**last, "best_val_dice": best_dice if select else float("nan"), "best_epoch": best_epoch + 1}
+    if tuner is not None:
+        out["tuning"] = tuner.summary()
+        write_json(out_dir / "tuning.json", out["tuning"])
+    return out
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
