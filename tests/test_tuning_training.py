@@ -99,11 +99,36 @@ def test_a_config_row_with_tuning_runs_in_the_experiment(tmp_path):
            "losses": [{"name": "tv_g", "loss": "tversky", "tuning": {"greedy": {"every": 2, "parameters": ["alpha"]}}},
                       {"name": "dce_r", "loss": {"dice": 1.0, "ce": 1.0},
                        "tuning": {"weighting": {"scheme": "softadapt", "beta": 0.1}}}]}
-    run_experiment(config_from_dict(raw), tmp_path / "run", progress=False, pictures=False)
+    run_experiment(config_from_dict(raw), tmp_path / "run", progress=False)
     m = json.loads((tmp_path / "run" / "tv_g" / "fold0" / "metrics.json").read_text())
     assert m["tuning"]["adaptations"] == 1 and m["run_config"]["loss.tuning.greedy.parameters"] == ["alpha"]
     assert (tmp_path / "run" / "dce_r" / "fold1" / "weights.csv").exists()
+    import matplotlib.image
+    for loss in ("tv_g", "dce_r"):                                  # the trajectory plots
+        png = matplotlib.image.imread(str(tmp_path / "run" / loss / "tuning.png"))
+        assert png.shape[0] > 100 and png.std() > 0
     with pytest.raises(ValueError, match="unknown config keys"):
         config_from_dict({**raw, "losses": [{"name": "x", "loss": "tversky", "tuning": {"greedy": {"evry": 2}}}]})
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict({**raw, "losses": [{"name": "x", "loss": "tversky", "tuning": {"greedyy": {}}}]})
+
+
+def test_the_readme_tuning_example_is_a_valid_config_and_typos_fail_at_load():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from spineloss.experiment import config_from_dict
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme[readme.index("### Changing a loss while training"):], re.S).group(1)
+    config = config_from_dict({"data": {"path": "x"}, **tomllib.loads(block)})
+    specs = {s.name: s.tuning_spec() for s in config.losses}
+    assert specs["tversky_g"].greedy["parameters"] == ["alpha", "beta"]
+    assert specs["boundary_r"].weighting["scheme"] == "rebalance"
+    with pytest.raises(ValueError, match="dice_ce_sa' tuning.weighting"):
+        config_from_dict({"data": {"path": "x"}, "losses": [
+            {"name": "dice_ce_sa", "loss": {"dice": 1.0, "ce": 1.0},
+             "tuning": {"weighting": {"scheme": "softadapt", "betta": 0.1}}}]})
+    with pytest.raises(ValueError, match="has none"):
+        config_from_dict({"data": {"path": "x"}, "losses": [
+            {"name": "d", "loss": "dice", "tuning": {"weighting": {"scheme": "cov"}}}]})

@@ -81,9 +81,22 @@ class LossSpec:
     tuning: dict | None = None
 
     def tuning_spec(self):
-        """The validated :class:`~spineloss.tuning.runner.TuningSpec`, or None."""
+        """The validated :class:`~spineloss.tuning.runner.TuningSpec`, or None (a weighting's scheme and
+        parameters are checked against this loss's terms, so a typo fails when the config loads)."""
         from .tuning.runner import TuningSpec
-        return TuningSpec.from_table(self.tuning, f"[[losses]] '{self.name}' tuning")
+        spec = TuningSpec.from_table(self.tuning, f"[[losses]] '{self.name}' tuning")
+        if spec is not None and spec.weighting is not None:
+            from .tuning.weighting import build_weighting
+            terms = list(getattr(self.build(), "weights", {}) or {})
+            if not terms:
+                raise ValueError(f"[[losses]] '{self.name}': tuning.weighting re-weights the terms of a weighted "
+                                 "sum; this loss has none (use loss = { dice = 1.0, ce = 1.0 } or a compound)")
+            try:
+                build_weighting(spec.weighting["scheme"], terms, 1,
+                                **{k: v for k, v in spec.weighting.items() if k != "scheme"})
+            except ValueError as exc:
+                raise ValueError(f"[[losses]] '{self.name}' tuning.weighting: {exc}") from exc
+        return spec
 
     def build(self, spacing: tuple[float, float, float] | None = None):
         """The loss module; distance losses get ``spacing`` (mm) unless the params set it. In training
@@ -602,6 +615,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     view.close()
     if pictures:
         write_pictures(out_dir, info, label_mode)
+        from .report.trajectories import plot_trajectories
+        for spec in config.losses:
+            if spec.tuning:
+                plot_trajectories(out_dir / spec.name)
     return write_summary(out_dir, distance=config.table_distance)
 
 

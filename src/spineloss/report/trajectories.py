@@ -1,0 +1,53 @@
+"""Plots of how a loss changed while training: the greedy search's parameters (``params.csv``) and the
+adaptive weights of a compound loss (``weights.csv``) against the training step, one line per fold,
+one panel per parameter or weight, in ``<loss>/tuning.png``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["plot_trajectories"]
+
+
+def plot_trajectories(loss_dir: str | Path) -> Path | None:
+    """Write ``loss_dir/tuning.png`` from its folds' ``params.csv`` / ``weights.csv``; ``None`` when the
+    loss was not tuned."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..atomic import atomic_path
+    from ..tuning.greedy import read_params_csv
+    from ..tuning.weighting import read_weights_csv
+
+    loss_dir = Path(loss_dir)
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}   # panel -> fold -> (steps, values)
+    for fold_dir in sorted(p for p in loss_dir.glob("fold*") if p.is_dir()):
+        for name, reader, kind in (("params.csv", read_params_csv, "parameter"),
+                                   ("weights.csv", read_weights_csv, "weight")):
+            if not (fold_dir / name).exists():
+                continue
+            rows = reader(fold_dir / name)
+            for key in (k for k in (rows[0] if rows else {}) if k != "step"):
+                steps = [int(r["step"]) for r in rows]
+                series.setdefault(f"{kind} {key}", {})[fold_dir.name] = (steps, [float(r[key]) for r in rows])
+    if not series:
+        return None
+    fig = Figure(figsize=(4.2 * len(series), 3.4))
+    FigureCanvasAgg(fig)
+    for i, (panel, folds) in enumerate(sorted(series.items())):
+        ax = fig.add_subplot(1, len(series), i + 1)
+        for fold, (steps, values) in folds.items():
+            ax.plot(steps, values, drawstyle="steps-post" if panel.startswith("parameter") else "default",
+                    label=fold, linewidth=1.5)
+        ax.set_title(panel, fontsize=11)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{loss_dir.name}: the loss while training", fontsize=12)
+    fig.tight_layout()
+    path = loss_dir / "tuning.png"
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, facecolor="white")
+    finally:
+        fig.clear()
+    return path
