@@ -123,3 +123,21 @@ def test_every_shipped_config_loads_and_builds(path):
                                                                                  model.divisor)
     for spec in config.losses:
         spec.build((2.0, 2.0, 2.0))
+
+
+def test_the_tuning_studies_reuse_the_baselines_fixed_runs():
+    """configs/lumbar_{greedy,adaptive}.toml tell users to copy the baseline's fixed-loss runs: their run
+    records must equal the baseline's, so the copies are reused, not refused."""
+    from pathlib import Path
+
+    from spineloss.experiment import FoldSplit, config_differences, run_config
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = load_config(configs / "lumbar_baseline.toml")
+    split = FoldSplit(0, ("a", "b"), (), ("c",))
+    for name, fixed in (("lumbar_greedy.toml", ("dice", "tversky", "asymmetric")),
+                        ("lumbar_adaptive.toml", ("boundary", "hausdorff", "dice_ce"))):
+        other = load_config(configs / name)
+        for loss in fixed:
+            a = next(s for s in base.losses if s.name == loss)
+            b = next(s for s in other.losses if s.name == loss)
+            assert config_differences(run_config(base, a, split), run_config(other, b, split)) == [], (name, loss)
