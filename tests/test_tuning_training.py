@@ -43,6 +43,8 @@ def test_greedy_search_runs_inside_training_and_logs_its_parameters(cases, tmp_p
     assert summary == out["tuning"] and summary["adaptations"] == 2
     assert 2 * 4 <= summary["trial_steps"] <= 2 * 9                # 3^2 candidates, fewer at a bound
     assert summary["backward_passes"] == summary["trial_steps"] and summary["seconds"] > 0
+    assert summary["forward_passes"] == 2 * summary["trial_steps"]  # trial step + held-out score each
+    assert 0 < summary["overhead"] and summary["train_seconds_total"] > summary["seconds"]
 
 
 def test_adaptive_weights_follow_the_schedule_and_resume_exactly(cases, tmp_path):
@@ -70,6 +72,59 @@ def test_adaptive_weights_follow_the_schedule_and_resume_exactly(cases, tmp_path
     a = torch.load(full / "model.pt", weights_only=True)["model_state"]
     b = torch.load(cut / "model.pt", weights_only=True)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cov_weights_reach_the_loss_and_resume_exactly(cases, tmp_path, monkeypatch):
+    """The weights logged are the ones the loss computed with (a spy on the weighted sum), and a stateful
+    scheme (CoV) resumed mid-run continues with the same numbers."""
+    from spineloss.losses.compound import WeightedSumLoss
+    spec = TuningSpec.from_table({"weighting": {"scheme": "cov", "mean": "decayed", "decay": 0.5}})
+    used = []
+    real = WeightedSumLoss.compute
+
+    def spy(self, batch):
+        used.append(dict(self.weights))
+        return real(self, batch)
+
+    monkeypatch.setattr(WeightedSumLoss, "compute", spy)
+    train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "full", train_config=_config(),
+               tuning=spec, **TINY)
+    rows = read_weights_csv(tmp_path / "full" / "weights.csv")
+    assert len(used) == len(rows) == 6
+    for row, weights in zip(rows, used):
+        assert weights == pytest.approx({"dice": row["dice"], "ce": row["ce"]})
+    assert used[-1] != used[0]                                     # CoV moved them
+
+    def stop(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "cut", train_config=_config(),
+                   tuning=spec, on_epoch_end=stop, **TINY)
+    train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "cut", train_config=_config(),
+               tuning=spec, **TINY)
+    assert (tmp_path / "cut" / "weights.csv").read_text() == (tmp_path / "full" / "weights.csv").read_text()
+
+
+def test_resuming_with_other_tuning_is_refused(cases, tmp_path):
+    spec = TuningSpec.from_table({"weighting": {"scheme": "cov"}})
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "a", train_config=_config(),
+                   on_epoch_end=stop, **TINY)
+    with pytest.raises(ValueError, match="without the tuning"):
+        train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "a", train_config=_config(),
+                   tuning=spec, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "b", train_config=_config(),
+                   tuning=spec, on_epoch_end=stop, **TINY)
+    with pytest.raises(ValueError, match="does not ask for"):
+        train_fold(cases[:2], [], build_loss({"dice": 1.0, "ce": 1.0}), 2, tmp_path / "b", train_config=_config(),
+                   **TINY)
 
 
 def test_greedy_resume_gives_the_same_parameters(cases, tmp_path):

@@ -81,22 +81,9 @@ class LossSpec:
     tuning: dict | None = None
 
     def tuning_spec(self):
-        """The validated :class:`~spineloss.tuning.runner.TuningSpec`, or None (a weighting's scheme and
-        parameters are checked against this loss's terms, so a typo fails when the config loads)."""
+        """The :class:`~spineloss.tuning.runner.TuningSpec` of the row's ``tuning`` table, or None."""
         from .tuning.runner import TuningSpec
-        spec = TuningSpec.from_table(self.tuning, f"[[losses]] '{self.name}' tuning")
-        if spec is not None and spec.weighting is not None:
-            from .tuning.weighting import build_weighting
-            terms = list(getattr(self.build(), "weights", {}) or {})
-            if not terms:
-                raise ValueError(f"[[losses]] '{self.name}': tuning.weighting re-weights the terms of a weighted "
-                                 "sum; this loss has none (use loss = { dice = 1.0, ce = 1.0 } or a compound)")
-            try:
-                build_weighting(spec.weighting["scheme"], terms, 1,
-                                **{k: v for k, v in spec.weighting.items() if k != "scheme"})
-            except ValueError as exc:
-                raise ValueError(f"[[losses]] '{self.name}' tuning.weighting: {exc}") from exc
-        return spec
+        return TuningSpec.from_table(self.tuning, f"[[losses]] '{self.name}' tuning")
 
     def build(self, spacing: tuple[float, float, float] | None = None):
         """The loss module; distance losses get ``spacing`` (mm) unless the params set it. In training
@@ -107,6 +94,51 @@ class LossSpec:
         if spacing is not None and getattr(loss, "needs_distance_maps", False) and "spacing" not in self.params:
             loss = build_loss(self.loss, **self.params, spacing=tuple(spacing))
         return loss
+
+
+def _checked_tuning(spec: LossSpec) -> dict | None:
+    """The row's tuning table checked against its loss when the config loads (a typo or a scheme that
+    cannot work fails before any run), with Rebalance's ``start`` / ``end`` written as ``{term: weight}``
+    (a list follows the terms' order, which a JSON record does not keep)."""
+    tuning = spec.tuning_spec()
+    if tuning is None:
+        return None
+    owner = f"[[losses]] '{spec.name}' tuning"
+    loss = spec.build()
+    table = tuning.to_dict()
+    if tuning.greedy is not None:
+        from .tuning.greedy import GreedyConfig, GreedySearch
+        try:
+            search = GreedySearch(loss, GreedyConfig.from_dict(dict(tuning.greedy)))
+        except ValueError as exc:
+            raise ValueError(f"{owner}.greedy: {exc}") from exc
+        if tuning.weighting is not None and any(n.startswith("weight.") for n in search.parameters):
+            raise ValueError(f"{owner}: greedy searches term weights that the weighting also sets; search the "
+                             "terms' own parameters, or drop one of the two")
+    if tuning.weighting is not None:
+        from .tuning.weighting import build_weighting
+        terms = dict(getattr(loss, "terms", {}) or {})
+        if not terms:
+            raise ValueError(f"{owner}.weighting re-weights the terms of a weighted sum; this loss has none "
+                             "(use loss = { dice = 1.0, ce = 1.0 } or a compound)")
+        weighting = dict(tuning.weighting)
+        ratio_based = weighting["scheme"] == "cov" or (weighting["scheme"] == "softadapt"
+                                                       and weighting.get("variant") == "loss_weighted")
+        signed = [t for t, child in terms.items() if getattr(child, "can_be_negative", False)]
+        if ratio_based and signed:
+            raise ValueError(f"{owner}.weighting: {weighting['scheme']} divides by the terms' values, and "
+                             f"{signed} can be negative (the boundary loss is below 0 near a good prediction); "
+                             "use rebalance or softadapt's original / normalized variants for it")
+        for key in ("start", "end"):
+            if isinstance(weighting.get(key), (list, tuple)) and len(weighting[key]) == len(terms):
+                weighting[key] = dict(zip(terms, weighting[key]))
+        try:
+            build_weighting(weighting["scheme"], list(terms), 1, **{k: v for k, v in weighting.items()
+                                                                    if k != "scheme"})
+        except ValueError as exc:
+            raise ValueError(f"{owner}.weighting: {exc}") from exc
+        table["weighting"] = weighting
+    return table
 
 
 @dataclass(frozen=True)
@@ -231,8 +263,7 @@ def _loss_specs(raw) -> tuple[LossSpec, ...]:
             if item:
                 raise ValueError(f"[[losses]] '{name}': unknown key(s) {sorted(item)}; use name, loss, params, tuning")
             spec = LossSpec(str(name), loss, dict(params), dict(tuning) if tuning else None)
-            spec.tuning_spec()                                      # a typo fails when the config loads
-            specs.append(spec)
+            specs.append(dataclasses.replace(spec, tuning=_checked_tuning(spec)))
         else:
             raise ValueError(f"a loss must be a name or a table, got {item!r}")
     return tuple(specs)

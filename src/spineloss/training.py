@@ -524,8 +524,14 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
 
         tuner = LossTuner(tuning, loss_fn, cfg.epochs * cfg.iterations_per_epoch, out_dir, held_out,
                           resume_step=start_epoch * cfg.iterations_per_epoch if start_epoch else None)
-        if start_epoch and state.get("tuning") is not None:
+        if start_epoch and state.get("tuning") is None:
+            raise ValueError(f"{last_path} was trained without the tuning now asked for; resume without it, or "
+                             "start over (--no-resume, or another output folder)")
+        if start_epoch:
             tuner.load_state_dict(state["tuning"])
+    elif start_epoch and state.get("tuning") is not None:
+        raise ValueError(f"{last_path} was trained with loss tuning that this call does not ask for; resume "
+                         "with it, or start over (--no-resume, or another output folder)")
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -580,7 +586,10 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     last = history[-1] if history else {}
     out = {**last, "best_val_dice": best_dice if select else float("nan"), "best_epoch": best_epoch + 1}
     if tuner is not None:
-        out["tuning"] = tuner.summary()
+        total = float(sum(row["seconds"] for row in history))       # every session's epochs, tuning included
+        tuned = tuner.summary()
+        out["tuning"] = {**tuned, "train_seconds_total": total,
+                         "overhead": tuned["seconds"] / max(total - tuned["seconds"], 1e-9)}
         write_json(out_dir / "tuning.json", out["tuning"])
     return out
 

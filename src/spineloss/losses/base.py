@@ -694,6 +694,8 @@ class Loss(nn.Module):
 
     name: ClassVar[str] = "loss"
     needs_distance_maps: ClassVar[bool] = False
+    #: True for losses whose value can be negative (the boundary loss): ratio-based weightings refuse them
+    can_be_negative: ClassVar[bool] = False
     tunables: ClassVar[dict[str, Bounds]] = {}
     #: reductions this loss accepts
     reductions: ClassVar[tuple[str, ...]] = REDUCTIONS

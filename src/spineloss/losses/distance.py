@@ -139,6 +139,8 @@ class BoundaryLoss(_DistanceLoss):
     contributes 0 (no gradient): false positives of an absent class are left to the region term.
     """
 
+    can_be_negative = True   # mean p * phi < 0 near a good prediction (phi < 0 inside)
+
     name = "boundary"
 
     def __init__(self, include_background: bool = True, spacing: Any = (1.0, 1.0, 1.0),

@@ -13,6 +13,9 @@ sum. :class:`LossTuner` is what :func:`spineloss.training.train_fold` drives: be
 search when it is due (trial steps on the step's own batch, scored on a held-out batch drawn from the
 fold's training cases), after a step the weights for the next one; ``params.csv`` / ``weights.csv`` get
 a row each, and the time and passes spent are counted (:meth:`LossTuner.summary`).
+
+Steps are loop iterations (epoch x iterations + i): a step skipped for a non-finite loss still counts
+for ``every``, and after it the weights are not updated (the next step reuses them).
 """
 from __future__ import annotations
 
