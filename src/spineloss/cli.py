@@ -8,6 +8,7 @@
     spineloss predict --model MODEL.pt --input IMG.nii.gz [IMG2 ...] --output SEG.nii.gz [--device auto|cpu|cuda]
     spineloss data phantom [--region lumbar|cervical] [--cases N] --out DIR [--seed S] [--shape D H W]
     spineloss data check DIR                             validate a data set, print its summary
+    spineloss analyze [--losses a,b] [--out DIR]         how each loss reacts to known errors on synthetic shapes
 
 Errors in the user's input (a bad config, a bad data set) print one clear message and exit 2.
 """
@@ -94,6 +95,17 @@ def _cmd_check(args) -> int:
     return run_check(args.dir)
 
 
+def _cmd_analyze(args) -> int:
+    from .analysis import write_analysis
+    t0 = time.perf_counter()
+    losses = [s for s in args.losses.split(",") if s.strip()] if args.losses else None
+    paths = write_analysis(args.out, losses)
+    print(paths["summary"].read_text())
+    print(f"analysis finished in {time.perf_counter() - t0:.1f} s; results in {args.out}/ "
+          f"(analysis.csv, summary.md, {len(paths) - 2} PNGs)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spineloss", description="Find the best loss for 3D segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -164,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with its file, and the exit status is 2 when there is any.")
     p.add_argument("dir", metavar="DIR", help="nnU-Net v2 or MSD data set folder (holding dataset.json)")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("analyze", help="how each loss reacts to known errors on synthetic 3D shapes")
+    p.add_argument("--losses", help="comma-separated loss names (default: every single loss that needs no "
+                                    "special input)")
+    p.add_argument("--out", default="runs/analysis", help="output folder (default runs/analysis)")
+    p.set_defaults(func=_cmd_analyze)
     return parser
 
 
