@@ -187,3 +187,14 @@ def test_significance_marks_rejects_mixed_labels():
               significant=False, p_method="exact")
     with pytest.raises(ValueError, match="one label entry"):
         significance_marks([Comparison(label="mean", **kw), Comparison(label="1", **kw)])
+
+
+def test_an_unfinished_loss_limits_only_its_own_comparison():
+    from spineloss.report.stats import paired_tests
+    cases = [f"c{i:02d}" for i in range(20)]
+    best = {c: 0.9 for c in cases}
+    worse = {c: 0.8 + 0.001 * i for i, c in enumerate(cases)}
+    partial = {c: 0.85 for c in cases[:5]}
+    out = {c.loss: c for c in paired_tests({"best": best, "worse": worse, "partial": partial}, True, best="best")}
+    assert out["worse"].n_shared == 20 and out["worse"].n == 20
+    assert out["partial"].n_shared == 5

@@ -241,8 +241,9 @@ def paired_tests(values: Mapping[str, Mapping[str, float]], higher_is_better: bo
     ``values``: ``{loss: {case_id: value}}`` of one metric (e.g. from :func:`collect_case_values`);
     ``higher_is_better``: True for Dice-like metrics, False for distances; ``metric``/``label`` are only
     copied into the results; ``best``: the loss to compare the others with (a results table passes its
-    bolded best, so marks and bold agree), else the best mean over the shared cases. Only the cases
-    every loss has are used. Returns one :class:`Comparison`
+    bolded best, so marks and bold agree), else the best mean over the cases every loss has. Each
+    comparison uses the cases that loss and the best both scored (``n_shared``), so a loss whose grid is
+    unfinished limits only its own test. Returns one :class:`Comparison`
     per loss other than the best, in the order of ``values`` (empty with fewer than two losses). Never
     raises for degenerate data (no shared case, all NaN, identical values): ``p`` is then NaN or 1 and
     ``reason`` says why. See the module docstring for the test, the correction and the choices.
@@ -274,11 +275,13 @@ def paired_tests(values: Mapping[str, Mapping[str, float]], higher_is_better: bo
         best = losses[0]
 
     comparisons: list[Comparison] = []
-    xb_all = table[best]
     for loss in losses:
         if loss == best:
             continue
-        x_all = table[loss]
+        # each pair on the cases both scored (a loss whose grid is not finished limits only its own test)
+        cases = sorted(set(values[loss]) & set(values[best]))
+        x_all = np.array([_as_float(values[loss][c]) for c in cases], dtype=np.float64)
+        xb_all = np.array([_as_float(values[best][c]) for c in cases], dtype=np.float64)
         ok = np.isfinite(x_all) & np.isfinite(xb_all)
         x, xb = x_all[ok], xb_all[ok]
         diff = x - xb
