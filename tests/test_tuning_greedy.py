@@ -140,16 +140,22 @@ def _held_out():
 # (1) the search moves toward the known best value
 
 
+def _sgd_step(model, loss, opt):
+    """One optimiser step of ``loss(model())``, the ``train_step`` of the toy problems."""
+    def step():
+        opt.zero_grad()
+        loss(model()).backward()
+        opt.step()
+    return step
+
+
 def test_moves_to_known_interior_optimum():
     # one SGD step (lr 0.5) on (theta - w)^2 lands exactly on theta = w; the metric |theta - 1.5| is
     # minimised by the w closest to 1.5 on the grid 1.05^k, i.e. 1.05^8 = 1.477 (1.05^9 = 1.551 is farther)
     model, loss = _Theta(), _Pull(1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    def step():
-        opt.zero_grad()
-        loss(model()).backward()
-        opt.step()
+    step = _sgd_step(model, loss, opt)
 
     def score():
         return abs(float(model.theta.detach()) - 1.5)
@@ -390,10 +396,7 @@ def test_ties_keep_current_and_nan_never_wins():
     model, loss = _Theta(), _Pull(1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    def step():
-        opt.zero_grad()
-        loss(model()).backward()
-        opt.step()
+    step = _sgd_step(model, loss, opt)
 
     search = GreedySearch(loss, GreedyConfig(every=1))
     out = search.adapt(model, opt, None, step, lambda: 0.7)  # all equal
@@ -431,10 +434,7 @@ def test_state_dict_resume_continues_identically():
     model, loss = _Theta(), _Pull(1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    def step():
-        opt.zero_grad()
-        loss(model()).backward()
-        opt.step()
+    step = _sgd_step(model, loss, opt)
 
     search = GreedySearch(loss, GreedyConfig(every=1, criterion="train_error"))
     search.load_state_dict(states[1])

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..atomic import atomic_write_text
+from ..losses.base import check_choice
 
 __all__ = [
     "CoVWeighting", "LossWeighting", "RebalanceWeighting", "SoftAdaptWeighting", "WeightsCSV", "apply_weights",
@@ -75,12 +76,6 @@ def _int(name: str, value: Any, owner: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
     return int(value)
-
-
-def _choice(name: str, value: Any, choices: Sequence[str], owner: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def _term_names(term_names: Any, owner: str) -> list[str]:
@@ -352,11 +347,11 @@ class SoftAdaptWeighting(LossWeighting):
                  beta: float = 0.1, n: int = 3, update_every: int = 1, loss_value: str = "mean") -> None:
         super().__init__(term_names, total_steps)
         owner = self._owner()
-        self.variant = _choice("variant", variant, self.VARIANTS, owner)
+        self.variant = check_choice("variant", variant, self.VARIANTS, owner)
         self.beta = _finite("beta", beta, owner)
         self.n = _int("n", n, owner, 2)
         self.update_every = _int("update_every", update_every, owner, 1)
-        self.loss_value = _choice("loss_value", loss_value, ("mean", "last"), owner)
+        self.loss_value = check_choice("loss_value", loss_value, ("mean", "last"), owner)
         #: the last ``n`` recorded values of each term, oldest first
         self.history: list[dict[str, float]] = []
 
@@ -462,7 +457,7 @@ class CoVWeighting(LossWeighting):
                  decay: float | None = None) -> None:
         super().__init__(term_names, total_steps)
         owner = self._owner()
-        self.mean = _choice("mean", mean, ("full", "decayed"), owner)
+        self.mean = check_choice("mean", mean, ("full", "decayed"), owner)
         if self.mean == "full":
             if decay is not None:
                 raise ValueError(f"{owner}: decay applies only to mean='decayed' (got decay={decay!r} with "
