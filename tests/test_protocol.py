@@ -198,6 +198,16 @@ def test_pictures_show_the_best_and_the_worst_test_case(tmp_path):
         best = max(sorted(dice), key=lambda c: dice[c])
         worst = min(sorted(dice), key=lambda c: dice[c])
         assert names == sorted([f"best_{best}.png", f"worst_{worst}.png"])
+    # runs copied without their predictions (committed results) keep the pictures they have
+    import shutil
+
+    from spineloss.data.layout import read_dataset
+    from spineloss.experiment import write_pictures
+    before = {p.name: p.read_bytes() for p in (out / "dice" / "pictures").glob("*.png")}
+    for pred in out.glob("dice/fold*/predictions"):
+        shutil.rmtree(pred)
+    write_pictures(out, read_dataset(out / "data"), "binary")
+    assert {p.name: p.read_bytes() for p in (out / "dice" / "pictures").glob("*.png")} == before
 
 
 def _raw(folds=2, epochs=1, losses=("dice", "ce"), data=None):

@@ -554,13 +554,18 @@ def write_pictures(out_dir: Path, info, label_mode: str) -> list[Path]:
                 scores[case_id], where[case_id] = float(m["mean"]["dice"]), metrics_path.parent
         pictures = loss_dir / "pictures"
         pictures.mkdir(exist_ok=True)
-        for old in pictures.glob("*.png"):
-            old.unlink()
         best, worst = best_and_worst(scores)
-        for kind, case_id in (("best", best), ("worst", worst)):
+        targets = {f"{kind}_{case_id}.png": (kind, case_id) for kind, case_id in (("best", best), ("worst", worst))}
+        for old in pictures.glob("*.png"):
+            if old.name not in targets:                      # a case that is no longer the best or worst
+                old.unlink()
+        for name, (kind, case_id) in targets.items():
             pred_path = where[case_id] / "predictions" / f"{case_id}.nii.gz"
             if case_id not in cases or not pred_path.exists():
-                log.warning("no prediction or data for %s: no picture", case_id)
+                # e.g. runs copied from committed results (no predictions): an existing picture of the
+                # same case, made when the run was scored, stays
+                if not (pictures / name).exists():
+                    log.warning("no prediction or data for %s: no picture", case_id)
                 continue
             image, label, affine = load_case(cases[case_id], info)
             reference = to_label_mode(np.rint(label).astype(np.int64), label_mode)
