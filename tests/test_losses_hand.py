@@ -136,3 +136,24 @@ def test_boundary_and_hausdorff_hand_values():
     assert float(build_loss("hausdorff")(x, t)) == pytest.approx(expected, **TOL)
     # spacing 2 mm along the last axis: distances double, the loss scales by 2^alpha = 4
     assert float(build_loss("hausdorff", spacing=(1.0, 1.0, 2.0))(x, t)) == pytest.approx(4 * expected, **TOL)
+
+
+def test_relative_boundary_is_measured_from_its_optimum():
+    # phi = [1, -1, -1, 1, 2] (inside_offset 0): the minimum of sum p * phi / N is sum min(phi, 0) / N = -2/5
+    t = torch.tensor([0, 1, 1, 0, 0]).view(1, 1, 1, 1, 5)
+    p = [0.2, 0.9, 0.6, 0.3, 0.1]
+    x = torch.tensor([logit(v) for v in p], requires_grad=True)
+    plain = build_loss("boundary", inside_offset=0.0)(x.view(1, 1, 1, 1, 5), t)
+    relative = build_loss("boundary", inside_offset=0.0, relative=True)(x.view(1, 1, 1, 1, 5), t)
+    assert relative.item() == pytest.approx(plain.item() + 2 / 5, **TOL)
+    assert relative.item() == pytest.approx(sum((a - b) * f for a, b, f in zip(p, [0, 1, 1, 0, 0], [1, -1, -1, 1, 2]))
+                                            / 5, **TOL)
+    g_plain, = torch.autograd.grad(plain, x)
+    g_rel, = torch.autograd.grad(relative, x)
+    assert torch.equal(g_plain, g_rel)
+    # 0 at the perfect prediction, never below
+    perfect = torch.tensor([-30.0, 30.0, 30.0, -30.0, -30.0]).view(1, 1, 1, 1, 5)
+    assert float(build_loss("boundary", inside_offset=0.0, relative=True)(perfect, t)) == pytest.approx(0.0, abs=1e-6)
+    assert not build_loss("boundary", relative=True).can_be_negative and build_loss("boundary").can_be_negative
+    with pytest.raises(ValueError, match="relative must be true or false"):
+        build_loss("boundary", relative="yes")

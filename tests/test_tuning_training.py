@@ -187,3 +187,16 @@ def test_the_readme_tuning_example_is_a_valid_config_and_typos_fail_at_load():
     with pytest.raises(ValueError, match="has none"):
         config_from_dict({"data": {"path": "x"}, "losses": [
             {"name": "d", "loss": "dice", "tuning": {"weighting": {"scheme": "cov"}}}]})
+
+
+def test_cov_takes_the_relative_boundary_and_refuses_the_signed_one():
+    from spineloss.experiment import config_from_dict
+
+    def cfg(boundary):
+        return {"data": {"path": "x"}, "losses": [
+            {"name": "b_cov", "loss": {"dice": 1.0, "boundary": boundary},
+             "tuning": {"weighting": {"scheme": "cov"}}}]}
+    with pytest.raises(ValueError, match="can be negative"):
+        config_from_dict(cfg(0.01))
+    spec = config_from_dict(cfg({"weight": 0.01, "relative": True})).losses[0]
+    assert spec.tuning_spec().weighting["scheme"] == "cov"

@@ -128,7 +128,8 @@ def _checked_tuning(spec: LossSpec) -> dict | None:
         if ratio_based and signed:
             raise ValueError(f"{owner}.weighting: {weighting['scheme']} divides by the terms' values, and "
                              f"{signed} can be negative (the boundary loss is below 0 near a good prediction); "
-                             "use rebalance or softadapt's original / normalized variants for it")
+                             "measure it from its optimum (boundary = { weight = 0.01, relative = true }), or use "
+                             "rebalance or softadapt's original / normalized variants")
         for key in ("start", "end"):
             if isinstance(weighting.get(key), (list, tuple)) and len(weighting[key]) == len(terms):
                 weighting[key] = dict(zip(terms, weighting[key]))

@@ -125,6 +125,14 @@ class BoundaryLoss(_DistanceLoss):
     ``inside_offset`` is one voxel. The loss is minimal (and negative) when ``p`` is 1 exactly where
     ``phi_K < 0``; it is meant to be combined with a region loss (Kervadec et al. use Dice/GDL + alpha*boundary).
 
+    With ``relative=True`` the loss is measured from its optimum instead::
+
+        L_c = (1/N) sum_n (p_c(n) - [phi_K(n) < 0]) phi_K(n)  >= 0,
+
+    the same loss less the constant ``(1/N) sum_n min(phi_K, 0)``: equal gradients, 0 exactly at the perfect
+    prediction, never negative. Weighting schemes that divide by a term's value (CoV, Groenendijk et al.
+    2021; SoftAdapt's loss-weighted variant) need that; the plain form's sign changes during training.
+
     Args:
         include_background: default True (MONAI's default; Kervadec et al. use the foreground classes only).
         spacing: voxel spacing in mm (default (1, 1, 1)); a call's ``spacing`` (B x 3) overrides it per item.
@@ -133,6 +141,8 @@ class BoundaryLoss(_DistanceLoss):
             smallest spacing); 0 uses ``phi`` as it is (then the loss scales exactly with the spacing and every
             inside voxel pulls the prediction up).
         batch: average over the batch before the reduction.
+        relative: subtract the loss's minimum (see above), so that it is >= 0 and 0 at the optimum.
+            Default False (Kervadec's and MONAI's value).
         reduction, activation: as for every loss; MONAI's ``sigmoid``, ``softmax``, ``other_act`` too.
 
     Same value as MONAI's ``BoundaryLoss`` at unit spacing. An empty (or full) class has ``phi = 0``, so it
@@ -146,8 +156,12 @@ class BoundaryLoss(_DistanceLoss):
     def __init__(self, include_background: bool = True, spacing: Any = (1.0, 1.0, 1.0),
                  inside_offset: float | None = None, batch: bool = False, reduction: str = "mean",
                  activation: str | None = None, sigmoid: bool | None = None, softmax: bool | None = None,
-                 other_act: Callable | None = None) -> None:
+                 other_act: Callable | None = None, relative: bool = False) -> None:
         super().__init__(include_background, spacing, batch, reduction, activation, sigmoid, softmax, other_act)
+        if not isinstance(relative, bool):
+            raise ValueError(f"{self._owner()}: relative must be true or false, got {relative!r}")
+        self.relative = relative
+        self.can_be_negative = not relative
         if inside_offset is not None:
             if isinstance(inside_offset, bool) or not isinstance(inside_offset, (int, float)) \
                     or not inside_offset >= 0 or inside_offset == float("inf"):
@@ -176,5 +190,8 @@ class BoundaryLoss(_DistanceLoss):
                 off = torch.tensor(offsets, dtype=phi.dtype, device=phi.device).view(-1, 1, 1)
             if not (isinstance(off, float) and off == 0.0):
                 phi = torch.where(phi < 0, phi + off, phi)
-        per_item = (p * phi).sum(dim=2) / batch.N
+        if self.relative:  # every term (p - [phi < 0]) phi is >= 0, so the sum is too, in floating point as well
+            per_item = ((p - (phi < 0).to(p.dtype)) * phi).sum(dim=2) / batch.N
+        else:
+            per_item = (p * phi).sum(dim=2) / batch.N
         return self.finish(per_item)
