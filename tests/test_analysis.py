@@ -139,3 +139,15 @@ def test_rules_follow_the_numbers():
     assert an.describe_shape(["sphere", "torus"], [0.1, 0.101]).startswith("shape-invariant")
     rows = [an.Row("size", "x", float(ri), v) for ri, v in zip(r, [0.4, 0.2, 0.1, 0.05])]
     assert an.summary_lines(rows)[("size", "x")].startswith("decreases")
+
+
+def test_the_boundary_loss_is_analysed_from_its_optimum():
+    """Near-perfect predictions score ~0 and any error more, whatever the structure's size: the plain boundary
+    value would be a size-dependent negative constant instead."""
+    for r in (3.0, 8.0):
+        gt = _ball(24, r)
+        near_perfect = np.where(gt, 1 - an.EPS, an.EPS)
+        missed = np.where(_inner(gt), 1 - an.EPS, an.EPS)
+        best, _ = an.evaluate("boundary", near_perfect, gt)
+        worse, _ = an.evaluate("boundary", missed, gt)
+        assert 0 <= best < 1e-2 < worse

@@ -9,7 +9,10 @@ Conventions (stated in ``summary.md`` too):
 * **Prediction format**: every loss gets 2-class softmax logits ``1 x 2 x D x H x W`` built from a foreground
   probability map ``p`` as ``(log(1 - p), log p)``, so the softmax gives back ``(1 - p, p)`` exactly; the
   target is the integer label map ``1 x 1 x D x H x W`` (0 background, 1 foreground). Each loss is built with
-  its registry defaults (``build_loss(name)``: e.g. ``dice`` averages foreground and background).
+  its registry defaults (``build_loss(name)``: e.g. ``dice`` averages foreground and background), except
+  ``boundary``, which is measured from its optimum (``relative=True``: the same gradients, 0 at the perfect
+  prediction). Its plain value adds ``sum min(phi, 0) / N``, a constant of the ground truth and the field of
+  view that dominates it (the background channel's distances), so every study would compare those constants.
 * **Hard predictions** are ``p = 1 - eps`` inside the predicted mask and ``eps`` outside (``eps = 1e-3``), so
   the log-based losses stay finite.
 * **Distance losses** (``loss.needs_distance_maps``: hausdorff, boundary) get the ground truth's maps from
@@ -55,7 +58,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["EPS", "REL_TOL", "STUDIES", "Row", "default_losses", "describe", "describe_imbalance",
+__all__ = ["ANALYSIS_PARAMS", "EPS", "REL_TOL", "STUDIES", "Row", "default_losses", "describe", "describe_imbalance",
            "describe_shape", "describe_size", "describe_symmetry", "erode6", "evaluate", "logits_from_probability",
            "run_analysis", "shape_masks", "sphere", "summary_lines", "torus", "vertebral_body", "ellipsoid",
            "write_analysis"]
@@ -182,9 +185,13 @@ def logits_from_probability(p: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.log1p(-p), torch.log(p)])[None].float()
 
 
+ANALYSIS_PARAMS: dict[str, dict] = {"boundary": {"relative": True}}
+"""Parameters that differ from the registry defaults in the analysis, and why: see the module docstring."""
+
+
 def _build(name: str):
     from .losses import build_loss
-    return build_loss(name)
+    return build_loss(name, **ANALYSIS_PARAMS.get(name, {}))
 
 
 def evaluate(loss_name: str, p: np.ndarray, gt: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -512,7 +519,8 @@ def _summary_md(rows: Sequence[Row], seconds: float, spacing: Sequence[float] = 
     studies = [s for s in STUDIES if any(r.study == s for r in rows)]
     out = ["# Loss analysis on synthetic shapes", "",
            "Input: 2-class softmax logits `(log(1-p), log p)` of a foreground probability map `p`; hard "
-           f"predictions use p = {1 - EPS:g} / {EPS:g}; each loss with its registry defaults; distance losses get "
+           f"predictions use p = {1 - EPS:g} / {EPS:g}; each loss with its registry defaults (boundary measured from its optimum, `relative=True`: 0 at the "
+           "perfect prediction); distance losses get "
            f"the truth's signed distance maps (spacing {tuple(spacing)} mm). Findings follow fixed rules on the "
            "numbers in "
            f"`analysis.csv` (invariant / symmetric when the relative spread is < {100 * REL_TOL:.0f} %). "
