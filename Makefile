@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/spineloss demo
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium not installed: the HTML browser test will skip"
 	$(PY) -m pytest -q
 
 bench-setup: $(STAMP)

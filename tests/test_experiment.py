@@ -115,6 +115,13 @@ def test_every_shipped_config_loads_and_builds(path):
     from spineloss.model import build_model
     from spineloss.training import ModelConfig
     from dataclasses import asdict
+    if path.name.startswith("learn_"):  # a loss search's config (spineloss learn), not an experiment's
+        from spineloss.learning.config import load_learn_config
+        with pytest.raises(ValueError, match="spineloss learn"):
+            load_config(path)
+        config = load_learn_config(path)
+        build_model(in_channels=1, out_channels=2, **asdict(config.model))
+        return
     config = load_config(path)
     model = build_model(in_channels=1, out_channels=2, **asdict(config.model))
     assert isinstance(config.model, ModelConfig)

@@ -56,11 +56,11 @@ def test_lumbar_config_on_two_real_cases(two_cases, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_epoch = GridProgress.epoch
 
-    def interrupt(self, epoch):
+    def interrupt(self, epoch, name=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_epoch(self, epoch)
+        real_epoch(self, epoch, name)
 
     monkeypatch.setattr(GridProgress, "epoch", interrupt)
     with pytest.raises(KeyboardInterrupt):

@@ -146,11 +146,11 @@ def test_interrupted_grid_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_epoch = GridProgress.epoch
 
-    def interrupt_once(self, epoch):
+    def interrupt_once(self, epoch, name=None):
         calls["n"] += 1
         if calls["n"] == 3:  # dice fold 1, after its first epoch's checkpoint is on disk
             raise KeyboardInterrupt
-        real_epoch(self, epoch)
+        real_epoch(self, epoch, name)
 
     monkeypatch.setattr(GridProgress, "epoch", interrupt_once)
     with pytest.raises(KeyboardInterrupt):
@@ -167,15 +167,14 @@ def test_interrupted_grid_resumes_to_the_same_numbers(tmp_path, monkeypatch):
 
 
 def test_training_sees_only_its_training_cases(tmp_path, monkeypatch):
-    import spineloss.experiment as experiment
     seen = []
-    real = experiment.train_fold
+    real = training.train_fold
 
     def spy(train_cases, val_cases, *args, **kwargs):
         seen.append(({c.case_id for c in train_cases}, {c.case_id for c in val_cases}))
         return real(train_cases, val_cases, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_fold", spy)
+    monkeypatch.setattr(training, "train_fold", spy)
     run_experiment(_config(selection="inner", inner_val_fraction=0.34), tmp_path / "r", progress=False,
                    pictures=False)
     folds = json.loads((tmp_path / "r" / "folds.json").read_text())

@@ -1,14 +1,17 @@
 """The ``spineloss`` command line.
 
     spineloss demo [--quick] [--out DIR] [--seed S] [--no-resume]   the main job on built-in synthetic data
-    spineloss experiment CONFIG.toml [--out DIR] [--data DIR] [--losses a,b] [--force]
+    spineloss experiment CONFIG.toml [--out DIR] [--data DIR] [--losses a,b] [--force] [--backend local|ray]
                                                          every (loss, fold) of a config, then the table
-    spineloss report RUN_DIR [--distance hd|hd95]        (re)write and print the table of a run
+    spineloss report RUN_DIR [--distance hd|hd95] [--out report.html] [--analysis DIR]
+                                                         (re)write and print the table of a run, and its HTML page
+    spineloss train CONFIG.toml --loss NAME --fold K|all [--out DIR] [--ddp]      one run (torchrun: DDP)
     spineloss rescore RUN_DIR --out DIR [--postprocess KEY=VALUE]...    score its models with another post-processing
     spineloss predict --model MODEL.pt --input IMG.nii.gz [IMG2 ...] --output SEG.nii.gz [--device auto|cpu|cuda]
     spineloss data phantom [--region lumbar|cervical] [--cases N] --out DIR [--seed S] [--shape D H W]
     spineloss data check DIR                             validate a data set, print its summary
     spineloss analyze [--losses a,b] [--out DIR]         how each loss reacts to known errors on synthetic shapes
+    spineloss learn genetic|taylor|meta CONFIG.toml [--out DIR]   search for a new loss (spineloss.learning)
 
 Errors in the user's input (a bad config, a bad data set) print one clear message and exit 2.
 """
@@ -45,9 +48,30 @@ def _cmd_experiment(args) -> int:
         if not Path(args.data).is_dir():
             raise ValueError(f"--data {args.data}: no such folder")
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=args.data, phantom=None))
-    table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume, force=args.force,
-                           only_losses=args.losses.split(",") if args.losses else None)
+    from .backends import GridFailed
+    options = {}
+    if args.backend == "ray":
+        options = {"address": args.address, "cpus_per_task": args.cpus_per_task}
+    elif args.address is not None:
+        raise ValueError("--address is for --backend ray")
+    try:
+        table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume, force=args.force,
+                               only_losses=args.losses.split(",") if args.losses else None,
+                               backend=args.backend, backend_options=options)
+    except GridFailed as exc:
+        print("\n" + exc.table)
+        print(f"spineloss: {exc}", file=sys.stderr)
+        return 1
     print("\n" + table)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .one_run import train_command
+    run_dir = train_command(args.config, args.loss, args.fold, args.out, ddp=args.ddp, resume=args.resume,
+                            data=args.data)
+    if run_dir is not None:   # rank 0 (or the only process)
+        print(f"model: {run_dir / 'model.pt'}" + ("" if args.fold == "all" else f"; scores: {run_dir / 'metrics.json'}"))
     return 0
 
 
@@ -71,7 +95,10 @@ def _cmd_rescore(args) -> int:
 
 def _cmd_report(args) -> int:
     from .report import write_summary
+    from .report.html import write_report
     print(write_summary(args.run_dir, distance=args.distance))
+    page = write_report(args.run_dir, args.out, analysis=args.analysis, distance=args.distance)
+    print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, self-contained: open it in a browser)")
     return 0
 
 
@@ -134,7 +161,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted (loss, fold) from its last.pt (default); --no-resume "
                         "restarts it from scratch. A finished run is reused while its recorded config is unchanged (see --force).")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one run after the other here (default); ray: every run a Ray task "
+                        "(pip install 'spineloss[ray]'; docs/cluster.md)")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: 'auto' or HOST:PORT of a running cluster (default: start a local "
+                        "Ray instance on this machine)")
+    p.add_argument("--cpus-per-task", type=float, default=1, metavar="N",
+                   help="with --backend ray: CPUs (and PyTorch threads) per run (default 1); where the cluster "
+                        "has GPUs each run also takes one GPU")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("train", help="one training run of a config: a fold of its grid, or the final model on all cases",
+                       description="One training run. --fold K trains and scores the grid's run K (same folder, "
+                                   "same checks); --fold all trains on every case and scores nothing (the model to "
+                                   "deploy). Under torchrun --nproc_per_node=N (or with --ddp) it runs with "
+                                   "DistributedDataParallel: gloo on the CPU, NCCL on CUDA.")
+    p.add_argument("config", help="the experiment's TOML file")
+    p.add_argument("--loss", required=True, help="one of the config's loss names")
+    p.add_argument("--fold", required=True, help="a fold number, or 'all'")
+    p.add_argument("--out", help="output folder (default: [experiment] output, else runs/<name>)")
+    p.add_argument("--data", help="the data set folder, instead of the config's [data] path or phantom")
+    p.add_argument("--ddp", action="store_true",
+                   help="join the process group of the launcher's variables (torchrun sets them; a run "
+                        "under torchrun with more than one process uses DDP without this flag)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from last.pt (default) or start over (--no-resume)")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("rescore", help="score a run folder's models again with another post-processing")
     p.add_argument("run_dir", help="a finished (or partly finished) experiment folder")
@@ -146,11 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace rescored runs that do not match")
     p.set_defaults(func=_cmd_rescore)
 
-    p = sub.add_parser("report", help="write and print the results table of a run folder")
+    p = sub.add_parser("report", help="write and print the results table of a run folder, and its HTML page")
     p.add_argument("run_dir")
     p.add_argument("--distance", choices=["hd", "hd95"], default=None,
                    help="the Hausdorff column: maximum (hd) or 95th percentile (hd95); default: the run's "
                         "[experiment] table_distance")
+    p.add_argument("--out", default=None, metavar="FILE.html",
+                   help="the self-contained HTML page to write (default RUN_DIR/report.html)")
+    p.add_argument("--analysis", default=None, metavar="DIR",
+                   help="a `spineloss analyze --out DIR` folder to include (default: RUN_DIR/analysis "
+                        "when it exists)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("predict", help="segment one image with a trained model")
@@ -182,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "special input)")
     p.add_argument("--out", default="runs/analysis", help="output folder (default runs/analysis)")
     p.set_defaults(func=_cmd_analyze)
+
+    from .learning.cli import add_learn_parser
+    add_learn_parser(sub)
     return parser
 
 

@@ -46,7 +46,7 @@ from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
 from .postprocess import PostprocessConfig
 from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, checkpoint_postprocess, evaluate_cases,
-                       load_checkpoint, train_fold, write_json)
+                       load_checkpoint, write_json)
 
 __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
 
@@ -248,15 +248,24 @@ def _section(cls, table: dict | None, where: str, **overrides):
     return cls(**table)
 
 
+def _row_name(loss: str) -> str:
+    """The row (results folder) name of a loss given without one: its registry name, or ``learned_<folder>``
+    for a ``"learned:PATH"`` file (:func:`spineloss.learning.format.learned_row_name`)."""
+    if loss.strip().lower().startswith("learned:"):
+        from .learning.format import learned_row_name
+        return learned_row_name(loss)
+    return loss
+
+
 def _loss_specs(raw) -> tuple[LossSpec, ...]:
     specs = []
     for item in raw or []:
         if isinstance(item, str):
-            specs.append(LossSpec(item, item))
+            specs.append(LossSpec(_row_name(item), item))
         elif isinstance(item, dict):
             item = dict(item)
             loss = item.pop("loss", item.get("name"))
-            name = item.pop("name", None) or (loss if isinstance(loss, str) else None)
+            name = item.pop("name", None) or (_row_name(loss) if isinstance(loss, str) else None)
             if name is None:
                 raise ValueError(f"a [[losses]] entry with a weighted sum needs a 'name': {item}")
             params = item.pop("params", {})
@@ -273,6 +282,9 @@ def _loss_specs(raw) -> tuple[LossSpec, ...]:
 def config_from_dict(raw: dict) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from the parsed TOML."""
     raw = dict(raw)
+    if "learn" in raw:
+        raise ValueError("this is the config of a loss search ([learn]): run it with `spineloss learn "
+                         "genetic|taylor|meta CONFIG.toml`, then use its learned_loss.json as a loss here")
     exp = dict(raw.pop("experiment", {}))
     losses = _loss_specs(raw.pop("losses", exp.pop("losses", None)))
     allowed = {"data", "preprocess", "model", "training", "augment", "postprocess"}
@@ -411,6 +423,9 @@ def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit,
     d = config.to_dict()
     d.pop("losses")
     d["loss"] = asdict(spec)
+    if isinstance(spec.loss, str) and spec.loss.strip().lower().startswith("learned:"):
+        from .learning.format import learned_digest  # a learned loss is its file's contents, not its path
+        d["loss"]["learned_file"] = learned_digest(spec.loss)
     d["split"] = split.to_dict()
     flat = _flatten(d)
     skip = _NOT_COMPARED | (_SELECTION_ONLY if config.selection == "last" else set())
@@ -580,15 +595,23 @@ def write_pictures(out_dir: Path, info, label_mode: str) -> list[Path]:
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
                    progress: bool = True, only_losses: Sequence[str] | None = None,
-                   resume: bool = True, force: bool = False, pictures: bool = True) -> str:
+                   resume: bool = True, force: bool = False, pictures: bool = True,
+                   backend: str | Any = "local", backend_options: dict | None = None) -> str:
     """Run every (loss, fold) not yet finished, then write and return the summary table.
 
     A finished run is reused only when its recorded :func:`run_config` equals the current one;
     otherwise nothing runs and a ``ValueError`` names what changed (``force=True`` deletes and reruns
     those runs). ``progress``: one updating progress line for the grid (:mod:`spineloss.progress`).
+    ``backend``: ``"local"`` (one run after the other in this process) or ``"ray"`` (each run a Ray task,
+    :mod:`spineloss.backends.ray`; ``backend_options`` e.g. ``{"address": "auto", "cpus_per_task": 2}``),
+    or a backend object. Runs that fail twice on Ray are reported by a
+    :class:`~spineloss.backends.GridFailed` raised after the table of the others is written (its
+    ``table`` attribute).
     """
+    from .backends import GridFailed, Job, get_backend
     from .data.layout import check_dataset
     from .data.loader import prepare_cases
+    from .one_run import execute_run
     from .progress import GridProgress
     from .report import write_summary
 
@@ -596,9 +619,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = resolve_data(config, out_dir)
     info = check_dataset(data_dir)
-    label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
-    num_classes = info.num_classes_for(network_mode)
-    label_names = info.label_names(label_mode)
+    label_names = info.label_names(config.data.label_mode)
     config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
     cases_by_id = {c.case_id: c for c in info.cases}
     splits = fold_splits(config, list(cases_by_id))
@@ -617,46 +638,53 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     write_json(out_dir / "folds.json", [s.to_dict() for s in splits])
 
     t0 = time.perf_counter()
-    prepared = prepare_cases(info, info.cases, config.preprocess, network_mode,
-                             cache_dir=config.data.cache or out_dir / "cache")
+    prepared = prepare_cases(info, info.cases, config.preprocess, config.data.network_label_mode,
+                             cache_dir=config.data.cache or out_dir / "cache")   # the cache the runs read
     prepared = {p.case_id: p for p in prepared}
     log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
-    labels = sorted(k for k in label_names if k > 0)
     view = GridProgress(len(plan), config.training.epochs, interactive=None if progress else False)
-    todo = []
+    runner = get_backend(backend, **(backend_options or {}))
+    jobs = []
     for spec, split, current in plan:  # finished runs first, so the time left counts only the rest
-        if (out_dir / spec.name / f"fold{split.fold}" / "metrics.json").exists():
-            view.skip(f"{spec.name} fold {split.fold}")
-        else:
-            todo.append((spec, split, current))
-    for spec, split, current in todo:
-        name = f"{spec.name} fold {split.fold}"
         run_dir = out_dir / spec.name / f"fold{split.fold}"
-        write_json(run_dir / "run.json", {"run_config": current, "config": full_config})
-        train_cases = [prepared[i] for i in split.train]
-        view.start(name, _epochs_done(run_dir) if resume else 0)
-        t = time.perf_counter()
-        trained = train_fold(train_cases, [prepared[i] for i in split.inner_val], spec.build(train_cases[0].spacing),
-                   num_classes, run_dir, model_config=config.model, train_config=config.training,
-                   augment=config.augment, preprocess=config.preprocess, label_mode=label_mode,
-                   label_names=label_names, progress=False, resume=resume, postprocess=config.postprocess,
-                   on_epoch_end=lambda epoch, row: view.epoch(epoch + 1), tuning=spec.tuning_spec())
-        model, ckpt = load_checkpoint(run_dir / "model.pt")
-        metrics = _score_run(model, ckpt, checkpoint_postprocess(ckpt), [prepared[i] for i in split.test],
-                             label_mode, labels, run_dir, config, current, full_config,
-                             train_seconds=time.perf_counter() - t,
-                             **({"tuning": trained["tuning"]} if "tuning" in trained else {}))
-        mean = metrics["mean"].get("mean", {})
-        view.finish(f"[{name}] test Dice {mean.get('dice', float('nan')):.4f}  HD {mean.get('hd', float('nan')):.2f} mm"
-                    f"  ({metrics['train_seconds']:.0f} s)")
+        if (run_dir / "metrics.json").exists():
+            view.skip(f"{spec.name} fold {split.fold}")
+            continue
+        local = {"prepared": prepared} if runner.name == "local" else {}
+        jobs.append(Job(f"{spec.name} fold {split.fold}", execute_run,
+                        (config, spec.name, split, out_dir, current, full_config), {"resume": resume, **local},
+                        watch=run_dir, start_epoch=_epochs_done(run_dir) if resume else 0))
+    failures: dict[str, str] = {}
+
+    def done(job, result: dict) -> None:
+        if not (job.watch / "metrics.json").exists():
+            raise RuntimeError(f"{job.key} finished, but {job.watch}/metrics.json is not visible here: the output "
+                               "folder must be on storage that every node of the cluster shares")
+        view.finish(f"[{job.key}] test Dice {result['dice']:.4f}  HD {result['hd']:.2f} mm"
+                    f"  ({result['train_seconds']:.0f} s)", job.key)
+
+    def failed(job, why: str) -> None:
+        failures[job.key] = why
+        view.fail(f"[{job.key}] failed twice: {why}", job.key)
+
+    try:
+        runner.run_jobs(jobs, view, done, failed)
+    finally:
+        if runner is not backend:
+            runner.close()
     view.close()
     if pictures:
-        write_pictures(out_dir, info, label_mode)
+        write_pictures(out_dir, info, config.data.label_mode)
         from .report.trajectories import plot_trajectories
         for spec in config.losses:
             if spec.tuning:
                 plot_trajectories(out_dir / spec.name)
-    return write_summary(out_dir, distance=config.table_distance)
+    table = write_summary(out_dir, distance=config.table_distance)
+    if failures:
+        error = GridFailed(failures)
+        error.table = table
+        raise error
+    return table
 
 
 def _score_run(model, ckpt: dict, post: PostprocessConfig, test_cases, label_mode: str, labels, run_dir: Path,

@@ -274,13 +274,17 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
     "nan_counts": {label: {metric: cases whose value is NaN}}, "flags": {case_id: [flag, ...]}}``
     (flags: what broke the post-processing's assumptions, also logged as warnings naming the case).
     NaN values are excluded from the mean and counted, never dropped silently.
+
+    In a distributed run (:mod:`spineloss.distributed`) every rank calls this with the same cases, scores
+    its share and gets everyone's results back (in the order of ``cases``).
     """
+    from . import distributed
     from .data.layout import to_label_mode
     from .metrics import compute_metrics
     import nibabel as nib
 
     per_case, flags = {}, {}
-    for case in cases:
+    for case in distributed.share(list(cases)):
         logits, pad = predict_logits(model, case.image, device, mirror_axes)
         geometry = dataclasses.replace(case.geometry, pad=pad)
         prediction, case_flags = postprocessed_prediction(logits, geometry, postprocess)
@@ -300,6 +304,12 @@ def evaluate_cases(model, cases: Sequence[PreparedCase], label_mode: str, device
         metrics = compute_metrics(prediction, reference, spacing=tuple(geometry.original_spacing),
                                   labels=labels, distances=distances)
         per_case[case.case_id] = {str(k): v for k, v in metrics.items()}  # JSON keys: "1", "mean", ...
+    if distributed.world()[1] > 1:
+        parts = distributed.gather_objects((per_case, flags))
+        merged = {k: v for part, _ in parts for k, v in part.items()}
+        per_case = {c.case_id: merged[c.case_id] for c in cases}
+        flagged = {k: v for _, part in parts for k, v in part.items()}
+        flags = {c.case_id: flagged[c.case_id] for c in cases if c.case_id in flagged}
     return {"cases": per_case, **aggregate_case_metrics(per_case), "flags": flags}
 
 
@@ -372,13 +382,26 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(self.device.type == "cuda"
                                                             and self.amp_dtype == torch.float16))
         self.needs_dist = bool(getattr(loss_fn, "needs_distance_maps", False))
+        self.forward_model = self.model
+        from . import distributed
+        if distributed.world()[1] > 1:  # gradients averaged over the ranks (spineloss.distributed)
+            import warnings
+
+            from torch.nn.parallel import DistributedDataParallel
+            # the 1x1x1 output convolution's weight is channels_last with size-1 dims, whose strides are
+            # equivalent but not equal to the bucket's: PyTorch warns on every step, harmlessly
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)   # no gradient copies (and no stride warnings with channels_last)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def step(self, batch: dict, mix_gen: torch.Generator | None = None) -> float | None:
-        device, model = self.device, self.model
+        from . import distributed
+        device, model = self.device, self.forward_model
         model.train()
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
@@ -400,10 +423,11 @@ class Trainer:
             else:
                 loss = self.loss_fn(logits.float(), y)
         except ValueError:
-            if not torch.isfinite(logits.detach()).all():  # the loss refuses NaN/inf logits: skip
-                return None
-            raise
-        if not torch.isfinite(loss):
+            if torch.isfinite(logits.detach()).all():
+                raise
+            loss = None                             # the loss refuses NaN/inf logits: skip
+        finite = loss is not None and bool(torch.isfinite(loss))
+        if not distributed.all_true(finite):      # every rank skips together (DDP's backward syncs)
             return None
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -470,9 +494,15 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     come from ``val_cases`` when there are any, else from ``train_cases`` (never from test cases), and
     its cost is returned under ``tuning`` and written to ``tuning.json``.
     """
+    from . import distributed
     cfg = train_config
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.world()
+    main = rank == 0
+    if world > 1 and tuning is not None:
+        raise ValueError("loss tuning (greedy search, adaptive weights) does not run under DDP yet: its trial "
+                         "steps would have to agree across the processes; train this loss in one process")
     device = resolve_device(cfg.device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(int(cfg.threads))
@@ -502,7 +532,8 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
 
     dataset = PatchDataset(train_cases, cfg.patch_size, model.divisor, augment, cfg.seed, num_classes,
                            distance_maps=needs_dist, foreground_oversample=cfg.foreground_oversample)
-    loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers)
+    loader, sampler = make_train_loader(dataset, cfg.batch_size, cfg.iterations_per_epoch, cfg.num_workers,
+                                        rank, world)
     meta = checkpoint_meta(model_args, preprocess, label_mode, label_names, dataset.patch_size,
                            augment.mirror_axes, postprocess)
     select = len(val_cases) > 0
@@ -563,26 +594,33 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
                                       postprocess)
             if val_dice > best_dice:
                 best_dice, best_epoch = val_dice, epoch
-                atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
-                             "val_dice": val_dice}, out_dir / "model.pt")
+                if main:
+                    atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
+                                 "val_dice": val_dice}, out_dir / "model.pt")
         elif not select and epoch + 1 == cfg.epochs:
             best_epoch = epoch
-            atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
-                         "val_dice": float("nan")}, out_dir / "model.pt")
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            if main:
+                atomic_save({**meta, "model_state": model.state_dict(), "epoch": epoch,
+                             "val_dice": float("nan")}, out_dir / "model.pt")
+        # the epoch's loss: the mean over every rank's steps
+        train_loss = distributed.all_mean(float(np.mean(losses)) if losses else 0.0, len(losses))
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss if losses or world > 1 else float("nan"),
                "val_dice": val_dice, "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
         history.append(row)
-        if progress:
+        if progress and main:
             print(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
                   f"val Dice {val_dice:.4f}  ({row['seconds']:.1f} s)", flush=True)
-        atomic_save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                     "scaler_state": scaler.state_dict(), "history": history, "epoch": epoch,
-                     "best_dice": best_dice, "best_epoch": best_epoch,
-                     "tuning": tuner.state_dict() if tuner is not None else None}, last_path)
-        _write_history(out_dir / "history.csv", history)
-        if on_epoch_end is not None:
+        if main:
+            atomic_save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                         "scaler_state": scaler.state_dict(), "history": history, "epoch": epoch,
+                         "best_dice": best_dice, "best_epoch": best_epoch,
+                         "tuning": tuner.state_dict() if tuner is not None else None}, last_path)
+            _write_history(out_dir / "history.csv", history)
+        distributed.barrier()                     # every rank sees this epoch's checkpoint
+        if on_epoch_end is not None and main:
             on_epoch_end(epoch, row)
-    _write_history(out_dir / "history.csv", history)
+    if main:
+        _write_history(out_dir / "history.csv", history)
     last = history[-1] if history else {}
     out = {**last, "best_val_dice": best_dice if select else float("nan"), "best_epoch": best_epoch + 1}
     if tuner is not None:
@@ -591,6 +629,7 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
         out["tuning"] = {**tuned, "train_seconds_total": total,
                          "overhead": tuned["seconds"] / max(total - tuned["seconds"], 1e-9)}
         write_json(out_dir / "tuning.json", out["tuning"])
+    distributed.barrier()
     return out
 
 

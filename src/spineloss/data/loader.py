@@ -84,20 +84,34 @@ def _crop_or_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int], v
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, k)`` keys, ``k < samples_per_epoch``; call :meth:`set_epoch` before each epoch."""
+    """Yields ``(epoch, k)`` keys, ``k < samples_per_epoch``; call :meth:`set_epoch` before each epoch.
 
-    def __init__(self, samples_per_epoch: int) -> None:
+    Distributed (``world > 1``, :mod:`spineloss.distributed`): the samples form global batches of
+    ``batch_size``; rank ``r`` yields the ``r``-th of the ``world`` equal slices of each one, so the ranks
+    together see exactly the samples one process would, batch by batch.
+    """
+
+    def __init__(self, samples_per_epoch: int, batch_size: int = 1, rank: int = 0, world: int = 1) -> None:
         self.samples_per_epoch = int(samples_per_epoch)
+        self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world)
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise ValueError(f"EpochSampler: rank {rank} of world {world}")
+        if self.batch_size % self.world:
+            raise ValueError(f"training.batch_size ({batch_size}) must be a multiple of the number of processes "
+                             f"({world}): each process trains on an equal share of every batch")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _mine(self, k: int) -> bool:
+        return self.world == 1 or (k % self.batch_size) // (self.batch_size // self.world) == self.rank
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, k) for k in range(self.samples_per_epoch)])
+        return iter([(self.epoch, k) for k in range(self.samples_per_epoch) if self._mine(k)])
 
     def __len__(self) -> int:
-        return self.samples_per_epoch
+        return self.samples_per_epoch // self.world
 
 
 class PatchDataset(Dataset):
@@ -186,10 +200,11 @@ def _worker_init(_: int) -> None:
 
 
 def make_train_loader(dataset: PatchDataset, batch_size: int, iterations_per_epoch: int,
-                      num_workers: int = 0) -> tuple[DataLoader, EpochSampler]:
-    """A ``DataLoader`` of ``iterations_per_epoch`` batches per epoch and its :class:`EpochSampler`."""
-    sampler = EpochSampler(batch_size * iterations_per_epoch)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      num_workers: int = 0, rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
+    """A ``DataLoader`` of ``iterations_per_epoch`` batches per epoch and its :class:`EpochSampler`
+    (with ``world > 1`` processes: this rank's ``batch_size / world`` samples of each batch)."""
+    sampler = EpochSampler(batch_size * iterations_per_epoch, batch_size, rank, world)
+    loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, num_workers=num_workers,
                         persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
                         prefetch_factor=2 if num_workers > 0 else None, drop_last=True)
     return loader, sampler

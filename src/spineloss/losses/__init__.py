@@ -65,12 +65,20 @@ def available_losses() -> list[str]:
 
 
 def get_loss_class(name: str) -> type[Loss]:
-    """The class registered under ``name`` (case-insensitive; '-' and '_' are the same)."""
+    """The class registered under ``name`` (case-insensitive; '-' and '_' are the same).
+
+    ``"learned:PATH"`` names a learned-loss file (``spineloss learn``): the class is bound to the file
+    (:func:`spineloss.learning.format.learned_loss_class`), so ``build_loss`` and weighted sums take it too.
+    """
     if not isinstance(name, str):
         raise ValueError(f"a loss name must be a string, got {name!r}")
+    if name.strip().lower().startswith("learned:"):
+        from ..learning.format import learned_loss_class, learned_path  # lazy: loss learning is optional
+        return learned_loss_class(learned_path(name))
     key = _normalise(name)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; available losses: {', '.join(available_losses())}")
+        raise ValueError(f"unknown loss {name!r}; available losses: {', '.join(available_losses())} "
+                         "(or learned:PATH, a learned_loss.json)")
     return _REGISTRY[key]
 
 
@@ -78,7 +86,8 @@ def build_loss(name: str | Mapping[str, Any], **params: Any) -> Loss:
     """Build a loss from its registry name and parameters (what experiment configs call).
 
     ``name`` may be a mapping ``{loss_name: weight}`` (or ``{loss_name: {"weight": w, **params}}``) for a
-    weighted sum, equivalent to ``build_loss("weighted_sum", terms=name, **params)``. Unknown names and
+    weighted sum, equivalent to ``build_loss("weighted_sum", terms=name, **params)``, or ``"learned:PATH"``
+    for a loss found by ``spineloss learn`` (:mod:`spineloss.learning.format`). Unknown names and
     parameters raise ``ValueError`` listing what is available.
     """
     if isinstance(name, Mapping):
