@@ -105,33 +105,42 @@ def test_ray_grid_gives_the_local_table(tmp_path, ray_backend):
 
 
 @pytest.mark.slow
-def test_a_killed_ray_worker_is_retried_and_the_grid_completes(tmp_path, ray_backend, caplog):
-    config = _config(losses=("dice",))
+def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_backend, caplog):
+    """The worker of ``dice fold 1`` is killed after its first epoch's checkpoint; the retry (attempt 2)
+    starts from that checkpoint, and the grid ends with the numbers of an uninterrupted local run."""
+    config = _config(losses=("dice",), epochs=6, iterations_per_epoch=3)
     out = tmp_path / "ray"
     victim = out / "dice" / "fold1"
     killed = {}
 
-    def kill_first_attempt():
+    def kill_after_first_epoch():
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:
             try:
                 attempt = json.loads((victim / "attempt.json").read_text())
+                epochs = len((victim / "history.csv").read_text().splitlines()) - 1
             except (OSError, ValueError):
-                time.sleep(0.02)
+                time.sleep(0.01)
                 continue
-            if attempt["attempt"] == 1:
+            if attempt["attempt"] == 1 and epochs >= 1:
                 os.kill(attempt["pid"], signal.SIGKILL)
-                killed.update(attempt)
-            return
+                killed.update(attempt, epochs=epochs, history=(victim / "history.csv").read_text().splitlines())
+                return
+            time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_first_attempt, daemon=True)
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
     killer.start()
     with caplog.at_level(logging.WARNING, logger="spineloss.backends.ray"):
         run_experiment(config, out, progress=False, pictures=False, backend=ray_backend)
     killer.join(5)
-    assert killed, "the worker was never seen starting"
+    assert killed and killed["epochs"] < 6, "the worker was not killed mid-run"
     assert any("dice fold 1 failed" in r.message and "retrying it once" in r.message for r in caplog.records)
     assert json.loads((victim / "attempt.json").read_text())["attempt"] == 2
+    history = (victim / "history.csv").read_text().splitlines()
+    assert len(history) == 7
+    # resumed: the epochs finished before the kill are the checkpoint's rows, wall times and all (a run
+    # started over would have measured them again)
+    assert history[:len(killed["history"])] == killed["history"]
     run_experiment(config, tmp_path / "local", progress=False, pictures=False)
     for k in (0, 1):
         assert json.dumps(_cases(out, "dice", k), sort_keys=True) == \

@@ -55,7 +55,8 @@ def init_from_env(device: str = "auto") -> tuple[int, int]:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # NCCL for the CUDA tensors (gradients), gloo for the small CPU tensors of all_mean / all_true / objects
+    dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return world()
 
 

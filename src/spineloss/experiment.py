@@ -413,19 +413,30 @@ def data_fingerprints(cases) -> dict[str, str]:
     return out
 
 
+def resolved_settings(training: TrainConfig) -> dict:
+    """``{"resolved.device", "resolved.amp"}``: what ``training.device`` / ``training.amp`` resolve to in this
+    process (``"auto"`` differs between machines: a CPU head node and GPU workers)."""
+    from .training import resolve_amp, resolve_device
+    device = resolve_device(training.device)
+    amp = resolve_amp(training.amp, device)
+    return {"resolved.device": device.type, "resolved.amp": str(amp).replace("torch.", "") if amp is not None else "fp32"}
+
+
 def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit,
-               fingerprints: dict[str, str] | None = None) -> dict:
+               fingerprints: dict[str, str] | None = None, resolved: dict | None = None) -> dict:
     """Everything that determines the numbers of one (loss, fold) run, flattened to ``section.key``:
     the config with this loss only, the fold's case ids, the contents of their files
     (``fingerprints``, :func:`data_fingerprints`), the device and autocast dtype the config resolves to
-    here, and :data:`RESULTS_VERSION`. A finished run is reused only when this is unchanged."""
-    from .training import resolve_amp, resolve_device
+    here (or ``resolved``, :func:`resolved_settings` where the runs execute), and :data:`RESULTS_VERSION`.
+    A finished run is reused only when this is unchanged."""
     d = config.to_dict()
     d.pop("losses")
     d["loss"] = asdict(spec)
-    if isinstance(spec.loss, str) and spec.loss.strip().lower().startswith("learned:"):
-        from .learning.format import learned_digest  # a learned loss is its file's contents, not its path
-        d["loss"]["learned_file"] = learned_digest(spec.loss)
+    from .learning.format import learned_digests  # a learned loss is its file's contents, not its path
+    learned = learned_digests(spec.loss, spec.params)  # the whole loss, or {term: digest} of a weighted sum's
+    if learned:
+        d["loss"]["learned_file"] = learned[spec.loss] if isinstance(spec.loss, str) and spec.loss in learned \
+            else learned
     d["split"] = split.to_dict()
     flat = _flatten(d)
     skip = _NOT_COMPARED | (_SELECTION_ONLY if config.selection == "last" else set())
@@ -433,10 +444,7 @@ def run_config(config: ExperimentConfig, spec: LossSpec, split: FoldSplit,
     if fingerprints is not None:
         ids = sorted(split.train + split.inner_val + split.test)
         out["data.files"] = _digest([f"{i}:{fingerprints[i]}" for i in ids])
-    device = resolve_device(config.training.device)
-    amp = resolve_amp(config.training.amp, device)
-    out["resolved.device"] = device.type
-    out["resolved.amp"] = str(amp).replace("torch.", "") if amp is not None else "fp32"
+    out.update(resolved if resolved is not None else resolved_settings(config.training))
     out["resolved.results_version"] = RESULTS_VERSION
     return out
 
@@ -608,14 +616,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     :class:`~spineloss.backends.GridFailed` raised after the table of the others is written (its
     ``table`` attribute).
     """
-    from .backends import GridFailed, Job, get_backend
+    from .backends import get_backend
     from .data.layout import check_dataset
-    from .data.loader import prepare_cases
-    from .one_run import execute_run
-    from .progress import GridProgress
-    from .report import write_summary
 
-    out_dir = Path(out_dir or config.output or f"runs/{config.name}")
+    # absolute paths: a Ray worker on another node does not share this process's working directory
+    out_dir = Path(out_dir or config.output or f"runs/{config.name}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = resolve_data(config, out_dir)
     info = check_dataset(data_dir)
@@ -628,8 +633,28 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         unknown = sorted(set(only_losses) - {s.name for s in config.losses})
         raise ValueError(f"--losses names {unknown}, which the config does not have; it has "
                          f"{[s.name for s in config.losses]}")
+    runner = get_backend(backend, **(backend_options or {}))
+    try:
+        return _run_grid(config, out_dir, info, splits, specs, runner, progress, resume, force, pictures)
+    finally:
+        if runner is not backend:
+            runner.close()
+
+
+def _run_grid(config: ExperimentConfig, out_dir: Path, info, splits, specs, runner, progress: bool, resume: bool,
+              force: bool, pictures: bool) -> str:
+    """:func:`run_experiment` once the data, the folds and the backend are known."""
+    from .backends import GridFailed, Job, epochs_in
+    from .data.loader import prepare_cases
+    from .one_run import execute_run
+    from .progress import GridProgress
+    from .report import write_summary
+
     fingerprints = data_fingerprints(info.cases)
-    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints)
+    from .learning.protocol import check_learned_losses  # no test case may have chosen a learned loss
+    check_learned_losses(config.losses, splits, fingerprints)
+    resolved = runner.probe(resolved_settings, config.training)   # "auto" as the workers resolve it
+    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints, resolved)
                 for spec in config.losses for split in splits}
     _check_run_folder(out_dir, expected, force, resume)
     plan = [(spec, split, expected[(spec.name, split.fold)]) for spec in specs for split in splits]
@@ -643,7 +668,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     prepared = {p.case_id: p for p in prepared}
     log.info("prepared %d cases in %.1f s", len(prepared), time.perf_counter() - t0)
     view = GridProgress(len(plan), config.training.epochs, interactive=None if progress else False)
-    runner = get_backend(backend, **(backend_options or {}))
+    job_config = _with_absolute_paths(config)
     jobs = []
     for spec, split, current in plan:  # finished runs first, so the time left counts only the rest
         run_dir = out_dir / spec.name / f"fold{split.fold}"
@@ -652,26 +677,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             continue
         local = {"prepared": prepared} if runner.name == "local" else {}
         jobs.append(Job(f"{spec.name} fold {split.fold}", execute_run,
-                        (config, spec.name, split, out_dir, current, full_config), {"resume": resume, **local},
-                        watch=run_dir, start_epoch=_epochs_done(run_dir) if resume else 0))
+                        (job_config, spec.name, split, out_dir, current, full_config), {"resume": resume, **local},
+                        watch=run_dir, start_epoch=epochs_in(run_dir) if resume else 0,
+                        retry_kwargs={"resume": True}))   # a retry goes on from the checkpoint
     failures: dict[str, str] = {}
-
-    def done(job, result: dict) -> None:
-        if not (job.watch / "metrics.json").exists():
-            raise RuntimeError(f"{job.key} finished, but {job.watch}/metrics.json is not visible here: the output "
-                               "folder must be on storage that every node of the cluster shares")
-        view.finish(f"[{job.key}] test Dice {result['dice']:.4f}  HD {result['hd']:.2f} mm"
-                    f"  ({result['train_seconds']:.0f} s)", job.key)
 
     def failed(job, why: str) -> None:
         failures[job.key] = why
         view.fail(f"[{job.key}] failed twice: {why}", job.key)
 
-    try:
-        runner.run_jobs(jobs, view, done, failed)
-    finally:
-        if runner is not backend:
-            runner.close()
+    def done(job, result: dict) -> None:
+        if not (job.watch / "metrics.json").exists():
+            failed(job, f"it finished, but {job.watch}/metrics.json is not visible here: the output folder must "
+                        "be on storage that every node of the cluster shares, under the same path")
+            return
+        view.finish(f"[{job.key}] test Dice {result['dice']:.4f}  HD {result['hd']:.2f} mm"
+                    f"  ({result['train_seconds']:.0f} s)", job.key)
+
+    runner.run_jobs(jobs, view, done, failed)
     view.close()
     if pictures:
         write_pictures(out_dir, info, config.data.label_mode)
@@ -687,6 +710,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     return table
 
 
+def _with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with its data and cache folders made absolute (for workers in other directories). Both are
+    left out of the run records (:data:`_NOT_COMPARED`), so nothing recorded changes."""
+    data = config.data
+    path = None if data.path is None else str(Path(data.path).resolve())
+    cache = None if data.cache is None else str(Path(data.cache).resolve())
+    return dataclasses.replace(config, data=dataclasses.replace(data, path=path, cache=cache))
+
+
 def _score_run(model, ckpt: dict, post: PostprocessConfig, test_cases, label_mode: str, labels, run_dir: Path,
                config: ExperimentConfig, current: dict, full_config: dict, **extra) -> dict:
     """Score a run's model once on its test cases; write ``predictions/``, ``cases.csv`` and, last,
@@ -697,8 +729,11 @@ def _score_run(model, ckpt: dict, post: PostprocessConfig, test_cases, label_mod
                    selection={**ckpt["selection"], "epoch": int(ckpt["epoch"]) + 1},
                    test_cases=[c.case_id for c in test_cases], run_config=current, config=full_config,
                    environment=_environment(config), **extra)
-    _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"], metrics["flags"])
-    write_json(run_dir / "metrics.json", metrics)
+    from . import distributed
+    if distributed.is_main():   # every rank scored its share and has all the results: one writes them
+        _write_cases_csv(run_dir / "cases.csv", metrics["cases"], metrics["selection"]["rule"], metrics["flags"])
+        write_json(run_dir / "metrics.json", metrics)
+    distributed.barrier()
     return metrics
 
 
@@ -795,12 +830,6 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
     if pictures:
         write_pictures(out_dir, info, label_mode)
     return write_summary(out_dir, distance=config.table_distance)
-
-
-def _epochs_done(run_dir: Path) -> int:
-    """Epochs an interrupted run has (its ``history.csv`` rows), for the progress view."""
-    path = run_dir / "history.csv"
-    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
 def _environment(config: ExperimentConfig) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,13 +50,19 @@ def execute_run(config, loss_name: str, split, out_dir: str | Path, current: dic
     """
     from . import distributed
     from .data.layout import check_dataset
-    from .experiment import _score_run, resolve_data
+    from .experiment import _score_run, resolve_data, resolved_settings
     from .training import checkpoint_postprocess, load_checkpoint, train_fold, write_json
 
     out_dir = Path(out_dir)
     spec = next((s for s in config.losses if s.name == loss_name), None)
     if spec is None:
         raise ValueError(f"the config has no loss {loss_name!r}; it has {[s.name for s in config.losses]}")
+    here = resolved_settings(config.training)
+    planned = {k: current.get(k) for k in here}
+    if planned != here:   # the run record must say how this run was made
+        raise ValueError(f"this worker resolves training.device / amp to {here}, but the grid planned {planned} "
+                         "(probed on another worker): give the workers the same hardware, or set "
+                         "[training] device and amp explicitly")
     if prepared is None:
         prepared = prepared_for(config, out_dir, split.train + split.inner_val + split.test)
     run_dir = out_dir / spec.name / (run_name or f"fold{split.fold}")
@@ -96,7 +103,6 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
     from .data.layout import check_dataset
     from .experiment import (FoldSplit, _check_run_folder, data_fingerprints, fold_splits, inner_split, load_config,
                              resolve_data, run_config)
-    import os
     from .training import write_json
 
     config = load_config(config_path)
@@ -129,21 +135,28 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
             if not 0 <= k < config.folds:
                 raise ValueError(f"--fold {k}: the config has folds 0..{config.folds - 1}")
             split, run_name = fold_splits(config, ids)[k], None
+        label_names = info.label_names(config.data.label_mode)
+        config.postprocess.check_labels(len(label_names) - 1, f"the data set {info.root}")
         fingerprints = data_fingerprints(info.cases)
         spec = next(s for s in config.losses if s.name == loss_name)
         current = run_config(config, spec, split, fingerprints)
-        if distributed.is_main():
-            if run_name is None:   # a run of the grid's folder: the same checks as the grid's
-                splits = fold_splits(config, ids)
-                _check_run_folder(out, {(s.name, sp.fold): run_config(config, s, sp, fingerprints)
-                                        for s in config.losses for sp in splits}, force=False, resume=resume)
-            else:
-                _check_all_run(out / loss_name / run_name, current, resume)
-        full_config = json.loads(json.dumps(config.to_dict(), default=float))
-        if distributed.is_main():
-            write_json(out / "experiment.json", {**full_config, "protocol": config.protocol()})
-        result = execute_run(config, loss_name, split, out, current, full_config, resume=resume, run_name=run_name)
+        # read-only checks on every rank, so that all of them stop together
+        if run_name is None:   # a run of the grid's folder: the same checks as the grid's
+            splits = fold_splits(config, ids)
+            _check_run_folder(out, {(s.name, sp.fold): run_config(config, s, sp, fingerprints)
+                                    for s in config.losses for sp in splits}, force=False, resume=resume)
+        else:
+            _check_all_run(out / loss_name / run_name, current, resume)
         run_dir = out / loss_name / (run_name or f"fold{split.fold}")
+        if resume and (run_dir / "metrics.json").exists():
+            log.warning("%s is finished (its config is unchanged): nothing to train; --no-resume trains it "
+                        "again", run_dir)
+            return run_dir if distributed.is_main() else None
+        full_config = json.loads(json.dumps(config.to_dict(), default=float))
+        if distributed.is_main() and run_name is None:   # an `all` run leaves the grid's records alone
+            write_json(out / "experiment.json", {**full_config, "protocol": config.protocol()})
+            write_json(out / "folds.json", [sp.to_dict() for sp in fold_splits(config, ids)])
+        result = execute_run(config, loss_name, split, out, current, full_config, resume=resume, run_name=run_name)
         if not distributed.is_main():
             return None
         scored = "" if fold == "all" else f"; test Dice {result['dice']:.4f}, HD {result['hd']:.2f} mm"

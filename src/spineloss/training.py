@@ -392,7 +392,7 @@ class Trainer:
             # equivalent but not equal to the bucket's: PyTorch warns on every step, harmlessly
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None,
+                self.model, device_ids=[torch.cuda.current_device()] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)   # no gradient copies (and no stride warnings with channels_last)
 
     def set_lr(self, lr: float) -> None:
@@ -516,6 +516,11 @@ def train_fold(train_cases: Sequence[PreparedCase], val_cases: Sequence[Prepared
     history: list[dict] = []
     start_epoch, best_dice, best_epoch = 0, -math.inf, -1
     last_path = out_dir / "last.pt"
+    if not resume and main:   # a fresh start: nothing of an earlier run may be resumed or reported later
+        for stale in ("last.pt", "model.pt", "history.csv", "metrics.json", "cases.csv", "params.csv",
+                      "weights.csv", "tuning.json"):
+            (out_dir / stale).unlink(missing_ok=True)
+    distributed.barrier()
     if resume and last_path.exists():
         state = safe_torch_load(last_path, device)
         try:

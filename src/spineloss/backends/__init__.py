@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-__all__ = ["BACKENDS", "Backend", "Job", "JobEvents", "GridFailed", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Job", "JobEvents", "GridFailed", "get_backend", "map_with_results"]
 
 BACKENDS = ("local", "ray")
 
@@ -32,7 +32,8 @@ class Job:
     """One unit of work: ``fn(*args, **kwargs)``, named ``key`` (e.g. ``"dice fold 0"``).
 
     ``watch``: a run folder whose ``history.csv`` rows tell how many epochs the job has finished (the
-    progress of a job running elsewhere); ``start_epoch``: the epochs it had before this invocation.
+    progress of a job running elsewhere); ``start_epoch``: the epochs it had before this invocation;
+    ``retry_kwargs``: what a retry changes in ``kwargs`` (a grid run retried resumes from its checkpoint).
     ``fn`` must be importable by name where it runs (a module-level function) and take the keyword
     ``on_epoch_end`` (called with the 1-based number of finished epochs; a backend may pass ``None``).
     """
@@ -43,6 +44,7 @@ class Job:
     kwargs: dict = field(default_factory=dict)
     watch: Path | None = None
     start_epoch: int = 0
+    retry_kwargs: dict = field(default_factory=dict)
 
 
 class JobEvents(Protocol):
@@ -69,14 +71,47 @@ class Backend(Protocol):
                  on_done: Callable[[Job, Any], None],
                  on_failed: Callable[[Job, str], None] | None = None) -> None: ...
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list: ...
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
+            on_result: Callable[[int, Any], None] | None = None) -> list:
+        """``[fn(item) for item in items]`` in order; ``on_result(index, result)`` as each arrives. (Use
+        :func:`map_with_results` to call a backend whose ``map`` takes no ``on_result``.)"""
+        ...
+
+    def probe(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` where the jobs run (what a worker resolves "auto" devices to, for instance)."""
+        ...
 
     def close(self) -> None: ...
 
 
+def map_with_results(backend: Any, fn: Callable[[Any], Any], items: Sequence[Any],
+                     on_result: Callable[[int, Any], None] | None = None) -> list:
+    """``backend.map(fn, items)`` with ``on_result(index, result)`` called for each result: passed on to a
+    ``map`` that takes the keyword (as each result arrives), else called in order once ``map`` returns
+    (any executor with ``map(fn, items) -> list`` works)."""
+    import inspect
+    items = list(items)
+    if on_result is None:
+        return list(backend.map(fn, items))
+    try:
+        params = inspect.signature(backend.map).parameters
+        takes = "on_result" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        takes = False
+    if takes:
+        return list(backend.map(fn, items, on_result=on_result))
+    results = list(backend.map(fn, items))
+    if len(results) != len(items):
+        raise RuntimeError(f"{type(backend).__name__}.map returned {len(results)} results for {len(items)} items")
+    for i, result in enumerate(results):
+        on_result(i, result)
+    return results
+
+
 def get_backend(name: str | Backend = "local", **options: Any) -> Backend:
     """The backend ``name`` (``"local"`` or ``"ray"``) built with ``options``, or ``name`` itself when
-    it is a backend already. ``local``: ``workers`` (processes for :meth:`map`, default 1).
+    it is a backend already. ``local``: ``workers`` (processes for :meth:`map`, default 1),
+    ``threads_per_worker`` (PyTorch threads of each pool worker, default ``cores // workers``).
     ``ray``: ``address`` (None starts a local Ray instance; ``"auto"`` or ``HOST:PORT`` joins a cluster),
     ``cpus_per_task`` (default 1), ``gpus_per_task`` (default: 1 where the cluster has GPUs, else 0),
     ``num_cpus`` (of a local instance)."""

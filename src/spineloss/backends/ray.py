@@ -139,7 +139,8 @@ class RayBackend:
                     why = _describe(exc)
                     if attempt == 1:
                         log.warning("%s failed (%s); retrying it once", job.key, why)
-                        ref2, token2 = self._submit(job.fn, job.args, job.kwargs, job.watch, 2, True)
+                        ref2, token2 = self._submit(job.fn, job.args, {**job.kwargs, **job.retry_kwargs},
+                                                    job.watch, 2, True)
                         pending[ref2] = (job, 2, token2)
                         continue
                     log.error("%s failed again (%s); going on with the other runs", job.key, why)
@@ -165,6 +166,10 @@ class RayBackend:
                 except Exception as exc2:
                     raise RuntimeError(f"an evaluation failed twice on Ray: {_describe(exc2)}") from exc2
         return out
+
+    def probe(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in one task with the jobs' resources (e.g. how a worker resolves ``device = "auto"``)."""
+        return self._ray.get(self._submit(fn, args, {}, None, 1, False)[0])
 
     def close(self) -> None:
         """Stop the local Ray instance this backend started (a cluster joined by address is left alone)."""
