@@ -45,6 +45,7 @@ def main() -> None:
     from spineloss.backends import get_backend
     from spineloss.experiment import run_experiment
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]   # the machine must be otherwise idle
     losses = args.losses.split(",")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -70,7 +71,8 @@ def main() -> None:
     backend.close()
     ray_total = started + ray_grid
     runs = len(losses) * 2
-    result = {"cores": os.cpu_count(), "runs": runs, "epochs": args.epochs, "steps_per_run": args.epochs * 16,
+    result = {"load_average_at_start": load_at_start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+              "cores": os.cpu_count(), "runs": runs, "epochs": args.epochs, "steps_per_run": args.epochs * 16,
               "local_seconds": round(local, 1), "ray_seconds_with_start": round(ray_total, 1),
               "ray_start_seconds": round(started, 1), "ray_slots": slots,
               "speedup_with_start": round(local / ray_total, 2), "speedup_grid_only": round(local / ray_grid, 2)}
