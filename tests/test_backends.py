@@ -53,6 +53,31 @@ def test_local_backend_runs_jobs_in_order_and_maps():
         get_backend("slurm")
     with pytest.raises(ValueError, match="workers must be"):
         get_backend("local", workers=0)
+    with pytest.raises(ValueError, match="threads_per_worker must be"):
+        get_backend("local", workers=2, threads_per_worker=0)
+
+
+def _threads_and_double(x):
+    import torch
+    return torch.get_num_threads(), 2 * x
+
+
+def test_local_pool_caps_threads_reports_results_and_stays_until_closed():
+    """The one process pool (the grid's backend and the loss searches' evaluations): spawn-ed workers with
+    ``threads_per_worker`` torch threads, results in order, ``on_result(index, result)`` as each arrives."""
+    from spineloss.backends.local import available_cores
+    assert get_backend("local", workers=2).threads_per_worker == max(1, available_cores() // 2)
+    seen = []
+    with get_backend("local", workers=2, threads_per_worker=1) as backend:
+        out = backend.map(_threads_and_double, [1, 2, 3], on_result=lambda i, r: seen.append((i, r)))
+        pool = backend._pool
+        assert backend.map(_threads_and_double, [4, 5]) == [(1, 8), (1, 10)] and backend._pool is pool  # reused
+        assert backend.map(abs, [-7], on_result=lambda i, r: seen.append((i, r))) == [7]   # one item: here
+        with pytest.raises(TypeError):
+            backend.map(abs, ["a", -1])                                                  # a worker's error
+    assert out == [(1, 2), (1, 4), (1, 6)]
+    assert sorted(seen[:3]) == [(0, (1, 2)), (1, (1, 4)), (2, (1, 6))] and seen[3] == (0, 7)
+    assert backend._pool is None                                                         # closed on exit
 
 
 def test_progress_with_runs_side_by_side():
@@ -163,7 +188,9 @@ def test_ray_reports_a_job_that_fails_twice_and_finishes_the_others(ray_backend,
     assert done == [("good", 42)]
     assert failed and failed[0][0] == "bad" and "no luck with 1" in failed[0][1]
     assert sum("bad failed" in r.message for r in caplog.records) == 2      # the retry, then giving up
-    assert ray_backend.map(_double, [1, 2, 3]) == [2, 4, 6]
+    seen = []
+    assert ray_backend.map(_double, [1, 2, 3], on_result=lambda i, r: seen.append((i, r))) == [2, 4, 6]
+    assert seen == [(0, 2), (1, 4), (2, 6)]
     with pytest.raises(RuntimeError, match="failed twice"):
         ray_backend.map(_fails_always, [1])
     error = GridFailed({"dice fold 0": "boom"})

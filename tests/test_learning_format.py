@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from spineloss.experiment import config_from_dict, fold_splits, run_config
+from spineloss.experiment import config_differences, config_from_dict, fold_splits, run_config
 from spineloss.learning.expression import ExpressionLoss
-from spineloss.learning.format import (document_of, learned_row_name, load_document, load_learned_loss,
+from spineloss.learning.format import (document_of, file_digest, learned_row_name, load_document, load_learned_loss,
                                        save_learned_loss)
 from spineloss.learning.meta import MetaLoss, MetaLossNet
 from spineloss.learning.taylor import TaylorLoss
@@ -71,7 +71,7 @@ def test_meta_state_is_plain_json_and_exact(tmp_path):
 def test_document_fields_and_readable(tmp_path):
     path = save_learned_loss(tmp_path / "e.json", ExpressionLoss("mul(c0, square(sub(p, g)))", {"c0": 0.5}))
     doc = load_document(path)
-    assert doc["format"] == "spineloss-learned-loss" and doc["version"] == 1
+    assert doc["format"] == "spineloss-learned-loss" and doc["version"] == 2
     assert doc["formula"] == "mul(c0, square(sub(p, g)))" and doc["readable"] == "0.5 * (p - g)^2"
     tdoc = document_of(TaylorLoss({"ce": 1.0, "dice": 1.0}))
     assert tdoc["family"]["order"] == 3 and "definition" in tdoc["family"]
@@ -102,6 +102,67 @@ def test_config_rows_and_run_record(tmp_path):
     save_learned_loss(path, TaylorLoss({"ce": 2.0}))  # a new search result in the same place: another run
     assert run_config(cfg, cfg.losses[1], split)["loss.learned_file"] != record["loss.learned_file"]
     assert learned_row_name("learned:runs/x/other.json") == "learned_other"
+
+
+def test_every_learned_term_of_a_weighted_sum_is_fingerprinted(tmp_path):
+    a = save_learned_loss(tmp_path / "a" / "learned_loss.json", TaylorLoss({"ce": 1.0}))
+    b = save_learned_loss(tmp_path / "b" / "learned_loss.json", TaylorLoss({"dice": 1.0}))
+    cfg = config_from_dict({"losses": [
+        {"name": "mix", "loss": {"dice": 1.0, f"learned:{a}": 1.0}},
+        {"name": "mixw", "loss": {"dice": 1.0, f"learned:{b}": {"weight": 0.5}}},
+        {"name": "both", "loss": {f"learned:{a}": 1.0, f"learned:{b}": 2.0}},
+        {"name": "ws", "loss": "weighted_sum", "params": {"terms": {"ce": 1.0, f"learned:{a}": 2.0}}}],
+        "data": {"path": str(tmp_path / "data")}})
+    split = fold_splits(cfg, [f"c{i}" for i in range(6)])[0]
+
+    def digests():
+        out = {}
+        for spec in cfg.losses:
+            record = run_config(cfg, spec, split)
+            out[spec.name] = {k.split(".", 2)[2]: v for k, v in record.items() if k.startswith("loss.learned_file.")}
+        return out
+
+    before = digests()
+    assert before["mix"] == {f"learned:{a}": file_digest(a)} and before["mixw"] == {f"learned:{b}": file_digest(b)}
+    assert before["both"] == {f"learned:{a}": file_digest(a), f"learned:{b}": file_digest(b)}
+    assert before["ws"] == before["mix"]
+    save_learned_loss(a, TaylorLoss({"ce": 2.0}))  # a new search result in the same place: another run
+    after = digests()
+    assert after["mix"] != before["mix"] and after["ws"] != before["ws"] and after["mixw"] == before["mixw"]
+    assert after["both"][f"learned:{a}"] != before["both"][f"learned:{a}"]
+    old = run_config(cfg, cfg.losses[0], split)
+    save_learned_loss(a, TaylorLoss({"ce": 3.0}))
+    new = run_config(cfg, cfg.losses[0], split)
+    assert any(d.startswith(f"loss.learned_file.learned:{a}") for d in config_differences(old, new))
+
+
+def test_version_1_expressions_that_divide_or_take_a_log_are_refused(tmp_path):
+    old = {"format": "spineloss-learned-loss", "version": 1, "kind": "expression",
+           "formula": "neg(mul(g, log(p)))", "constants": {}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"old.json: a version 1 learned formula that uses \['log'\].*continuous.*"
+                                         r"Run the search again, or set \"version\": 2"):
+        build_loss(f"learned:{path}")
+    path.write_text(json.dumps({**old, "formula": "div(FP, add(TP, FN))"}))
+    with pytest.raises(ValueError, match=r"uses \['div'\]"):
+        load_document(path)
+    path.write_text(json.dumps({**old, "version": 2}))  # the user accepts the new meaning
+    assert isinstance(build_loss(f"learned:{path}"), ExpressionLoss)
+    # what did not change meaning loads, and is written back as version 2
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({**old, "formula": "square(sub(p, g))"}))
+    loss = build_loss(f"learned:{same}")
+    assert json.loads(save_learned_loss(tmp_path / "again.json", load_document(same)).read_text())["version"] == 2
+    taylor = document_of(TaylorLoss({"ce": 1.0}))
+    (tmp_path / "t.json").write_text(json.dumps({**taylor, "version": 1}))
+    assert isinstance(load_learned_loss(tmp_path / "t.json"), TaylorLoss)
+    x, y = _inputs(3)
+    assert torch.isfinite(loss(x, y))
+    newer = tmp_path / "new.json"
+    newer.write_text(json.dumps({**taylor, "version": 3}))
+    with pytest.raises(ValueError, match="newer than this spineloss"):
+        load_document(newer)
 
 
 @pytest.mark.parametrize("content, message", [

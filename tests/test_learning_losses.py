@@ -1,9 +1,11 @@
 """The learned-loss families: formulas, the TaylorGLO family's known members, the ML3 network and inner step."""
+import math
+
 import pytest
 import torch
 
-from spineloss.learning.expression import (ExpressionLoss, canonical, constant_values, formula_string,
-                                           name_constants, parse_formula, readable, replace_numbers)
+from spineloss.learning.expression import (EPS_DIV, PRIMITIVES, ExpressionLoss, canonical, constant_values,
+                                           formula_string, name_constants, parse_formula, readable, replace_numbers)
 from spineloss.learning.meta import MetaLoss, MetaLossNet, imitate, inner_step
 from spineloss.learning.taylor import KNOWN_SETTINGS, TaylorFamily, TaylorLoss
 from spineloss.losses import build_loss
@@ -57,6 +59,43 @@ def test_protected_primitives_stay_finite():
         value = ExpressionLoss(formula)(xa, y)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(xa.grad).all(), formula
+
+
+def test_protections_are_continuous():
+    """Inside the guard the protected log follows its tangent and the division divides by +-eps (version 2)."""
+    plog, pdiv = PRIMITIVES["log"][1], PRIMITIVES["div"][1]
+    eps = EPS_DIV
+    t = torch.tensor
+    for f in (lambda a: plog(a), lambda a: pdiv(t(1.0), a), lambda a: pdiv(t(1.0), -a)):
+        below, above = f(t(eps * (1 - 1e-4), dtype=torch.float64)), f(t(eps * (1 + 1e-4), dtype=torch.float64))
+        assert abs(float(below - above)) <= 1e-4 * abs(float(above)) + 1e-9
+    assert float(plog(t(0.0))) == pytest.approx(math.log(eps) - 1.0)
+    assert float(pdiv(t(3.0), t(0.0))) == pytest.approx(3.0 / eps) and float(pdiv(t(3.0), t(-eps / 2))) == \
+        pytest.approx(-3.0 / eps)
+    a = torch.linspace(0.0, 1e-5, 101, dtype=torch.float64).requires_grad_(True)
+    y = plog(a)
+    assert bool((y[1:] > y[:-1]).all())                      # still increasing through the guard
+    (grad,) = torch.autograd.grad(y.sum(), a)
+    assert bool((grad[1:] > 0).all())                        # a gradient everywhere but at exactly 0
+
+
+@pytest.mark.parametrize("C", [2, 3])
+def test_cross_entropy_formula_punishes_confident_mistakes(C):
+    """``-g log p`` on a confidently wrong prediction (true-class p ~ 1e-9): a large loss and a gradient towards
+    the target, not the 0 and no gradient of a log that switches off below eps."""
+    ce = ExpressionLoss("neg(mul(g, log(p)))")
+    _, y = _inputs(C)
+    g = torch.nn.functional.one_hot(y[:, 0], C).movedim(-1, 1).float()
+    wrong = torch.nn.functional.one_hot((y[:, 0] + 1) % C, C).movedim(-1, 1).float()
+    perfect = ce(20.0 * g, y)
+    x = (20.0 * wrong).requires_grad_(True)
+    mistaken = ce(x, y)
+    mistaken.backward()
+    assert float(mistaken.detach()) > 10.0 / C > 1e3 * float(perfect)  # ~ (-log(1e-6) + 1) / C per voxel
+    assert bool((x.grad[g.bool()] < 0).all())                 # raise the true class's logit everywhere
+    # outside the guard it is plain cross-entropy
+    logits, _ = _inputs(C)
+    assert torch.allclose(ce(logits, y), build_loss("ce")(logits, y) / C, atol=1e-5)
 
 
 def test_constants_are_tunable():

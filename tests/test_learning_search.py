@@ -11,7 +11,8 @@ import torch
 from spineloss.cli import main
 from spineloss.learning.cmaes import CMAES
 from spineloss.learning.config import learn_config_from_dict, load_learn_config
-from spineloss.learning.fitness import build_task, candidate_spec, evaluate
+from spineloss.learning.fitness import build_task, candidate_spec, evaluate, evaluate_detailed
+from spineloss.backends.local import LocalBackend, available_cores
 from spineloss.learning.parallel import Evaluator
 from spineloss.learning.runner import run_learning
 from spineloss.losses import build_loss
@@ -140,6 +141,50 @@ def test_evaluate_is_a_plain_function_of_plain_data(phantom, tmp_path):
     assert a == b and 0.0 <= a <= 1.0  # fixed seed: the same candidate gets the same fitness
     rejected = candidate_spec({"kind": "expression", "formula": "mul(g, 2.0)", "constants": {}}, task)
     assert evaluate(rejected) == 0.0
+
+
+def test_a_candidate_trains_on_the_fit_cases_and_is_scored_on_the_val_cases_only(phantom, tmp_path, monkeypatch):
+    import spineloss.training as training
+    task = build_task(_config(phantom), tmp_path)
+    assert task.fit_ids and task.val_ids and task.test_ids
+    assert not set(task.fit_ids) & set(task.val_ids) and not set(task.fit_ids + task.val_ids) & set(task.test_ids)
+    trained, scored = [], []
+    real_train, real_score = training.train_fold, training.selection_dice
+
+    def train_spy(fit, val, *args, **kwargs):
+        trained.append(([c.case_id for c in fit], [c.case_id for c in val]))
+        return real_train(fit, val, *args, **kwargs)
+
+    def score_spy(model, cases, *args, **kwargs):
+        scored.append([c.case_id for c in cases])
+        return real_score(model, cases, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_fold", train_spy)
+    monkeypatch.setattr(training, "selection_dice", score_spy)
+    result = evaluate_detailed(candidate_spec({"kind": "expression", "formula": "square(sub(p, g))",
+                                               "constants": {}}, task))
+    assert result["status"] == "trained", result
+    assert trained == [(list(task.fit_ids), list(task.val_ids))]
+    assert scored == [list(task.val_ids)]  # scored once, after the last epoch, on the val cases only
+
+
+def test_the_learned_file_records_its_data_and_an_experiment_on_the_same_data_refuses_it(phantom, tmp_path):
+    from spineloss.data.layout import check_dataset
+    from spineloss.experiment import config_from_dict, data_fingerprints, fold_splits
+    from spineloss.learning.protocol import check_learned_losses
+    run_learning("taylor", _config(phantom), tmp_path / "t", progress=False, evaluate_fn=toy_evaluate)
+    path = tmp_path / "t" / "learned_loss.json"
+    task = json.loads(path.read_text())["source"]["task"]
+    fps = data_fingerprints(check_dataset(phantom).cases)
+    assert task["fingerprints"] == {c: fps[c] for c in task["fit_cases"] + task["val_cases"]}
+    # the study's folds and seed: the search used fold 0's training cases, which are fold 1's test cases
+    exp = config_from_dict({"experiment": {"folds": 2, "seed": 0}, "data": {"path": str(phantom)},
+                            "losses": ["dice", {"name": "mix", "loss": {"dice": 1.0, f"learned:{path}": 1.0}}]})
+    splits = fold_splits(exp, list(fps))
+    with pytest.raises(ValueError, match=r"row 'mix' uses .*same image and label files: fold 1 tests") as err:
+        check_learned_losses(exp.losses, splits, fps)
+    assert "fold 0 tests" not in str(err.value)
+    check_learned_losses(exp.losses, splits, {c: "other data" for c in fps})   # a proxy on other data passes
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -321,7 +366,12 @@ def test_pool_returns_results_in_order(phantom, tmp_path):
     specs = [candidate_spec({"kind": "expression", "formula": f, "constants": {}}, task) for f in formulas]
     seen = []
     with Evaluator(workers=2) as ev:
+        # the grid's local backend is the pool: spawn-ed workers, each capped to cores // workers threads
+        assert isinstance(ev.backend, LocalBackend) and ev.backend.workers == 2
+        assert ev.threads == ev.backend.threads_per_worker == max(1, available_cores() // 2)
         results = ev.map(specs, on_result=lambda i, r: seen.append(i))
+        assert ev.backend._pool is not None
+    assert ev.backend._pool is None  # closed with the evaluator that made it
     assert [r["reason"].split(":")[0] for r in results] == ["ignores p", "ignores g", "no gradient",
                                                             "not minimised by the perfect prediction"]
     assert sorted(seen) == [0, 1, 2, 3]
@@ -357,3 +407,21 @@ def test_evaluations_can_run_on_another_backend(phantom, tmp_path):
                      backend=backend)
     b = run_learning("taylor", _config(phantom), tmp_path / "b", progress=False, evaluate_fn=toy_evaluate)
     assert backend.calls == 2 and a["fitness"] == b["fitness"]
+
+
+def test_the_evaluator_reports_through_any_backend():
+    """A backend whose map takes on_result reports as results arrive; one without it (map(fn, items), as an
+    executor or the Ray backend) is reported in order after the map; the caller's backend is not closed."""
+    specs = [{"loss": {"kind": "taylor", "coefficients": {"ce": v, "dice": 0.0, "p2g0": 0.0}}} for v in (0.1, 0.5)]
+    seen = []
+    with Evaluator(fn=toy_evaluate, backend=LocalBackend(1)) as ev:
+        results = ev.map(specs, on_result=lambda i, r: seen.append((i, r["fitness"])))
+    assert seen == [(i, r["fitness"]) for i, r in enumerate(results)]
+    backend = _RecordingBackend()
+    backend.close = lambda: pytest.fail("the evaluator closed a backend it was given")
+    seen.clear()
+    with Evaluator(fn=toy_evaluate, backend=backend) as ev:
+        assert ev.map(specs, on_result=lambda i, r: seen.append((i, r["fitness"]))) == results
+    assert seen == [(i, r["fitness"]) for i, r in enumerate(results)] and backend.calls == 1
+    with pytest.raises(ValueError, match="backend must be"):
+        Evaluator(backend=object())

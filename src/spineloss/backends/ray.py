@@ -151,12 +151,14 @@ class RayBackend:
                 show(job, None)
                 on_done(job, result)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
-        """``[fn(item) for item in items]`` as Ray tasks; a failed task is retried once, then this raises."""
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
+            on_result: Callable[[int, Any], None] | None = None) -> list:
+        """``[fn(item) for item in items]`` as Ray tasks; a failed task is retried once, then this raises.
+        ``on_result(i, result)`` is called as each result arrives, in order."""
         ray = self._ray
         refs = [self._submit(fn, (item,), {}, None, 1, False)[0] for item in items]
         out = []
-        for item, ref in zip(items, refs):
+        for i, (item, ref) in enumerate(zip(items, refs)):
             try:
                 out.append(ray.get(ref))
             except Exception as exc:
@@ -165,6 +167,8 @@ class RayBackend:
                     out.append(ray.get(self._submit(fn, (item,), {}, None, 2, False)[0]))
                 except Exception as exc2:
                     raise RuntimeError(f"an evaluation failed twice on Ray: {_describe(exc2)}") from exc2
+            if on_result is not None:
+                on_result(i, out[-1])
         return out
 
     def probe(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -17,7 +17,8 @@ Pieces (one purpose each):
     format.py         the learned-loss JSON file: save, load, build_loss("learned:PATH")
     screening.py      cheap rejection of a candidate before any training
     fitness.py        the proxy task and ``evaluate(candidate_spec) -> fitness``
-    parallel.py       evaluations on a process pool
+    parallel.py       evaluations through a backend (the local pool of spineloss.backends.local, or Ray)
+    protocol.py       an experiment refuses a learned loss chosen on its test cases (same files)
     cmaes.py          seeded, checkpointable CMA-ES (deap.cma)
     search.py         what the searches share: evaluation cache, logs, checkpoint, progress line
     genetic.py        the GP search (deap.gp), then CMA-ES on the best tree's constants

@@ -9,12 +9,20 @@ primitive   arity  value (``eps`` guards: ``1e-6`` for division and log, ``1e-8`
 add         2      ``a + b``
 sub         2      ``a - b``
 mul         2      ``a * b``
-div         2      protected division: ``a / b`` where ``|b| > eps``, else ``1`` (Koza 1992)
-log         1      protected log: ``log |a|`` where ``|a| > eps``, else ``0``
+div         2      protected division: ``a / (sign(b) max(|b|, eps))`` with ``sign(0) = 1``
+log         1      protected log: ``log |a|`` where ``|a| >= eps``, else ``log(eps) - 1 + |a| / eps``
 square      1      ``a^2``
 sqrt        1      protected square root: ``sqrt(max(|a|, eps))`` (finite gradient everywhere)
 neg         1      ``-a``
 ==========  =====  ===============================================================================
+
+The protections are continuous (format version 2; :mod:`.format`): inside the guard, division divides by
+``+-eps`` instead of returning a constant, and the log continues along its tangent at ``|a| = eps`` (value and
+slope continuous, still increasing in ``|a|``), so ``neg(mul(g, log(p)))`` is about ``-log(eps) = 13.8`` with a
+gradient towards the target on a confidently wrong voxel (true-class ``p < eps``). Version 1 (Koza's
+division returning ``1`` and a log returning ``0`` inside the guard) let a formula score a confident
+mistake lower than the perfect prediction; files of that version whose formula divides or takes a log are
+refused when read.
 
 Terminals: ``p`` (per-voxel probability, softmax over C > 1 channels or sigmoid), ``g`` (per-voxel target,
 one-hot or soft), ``TP``, ``FP``, ``FN`` (soft counts of the voxel's batch item and class divided by the
@@ -52,7 +60,9 @@ __all__ = ["ExpressionLoss", "PRIMITIVES", "TERMINALS", "canonical", "constant_n
            "with_constants"]
 
 EPS_DIV = 1e-6
+EPS_LOG = 1e-6
 EPS_SQRT = 1e-8
+_LOG_EPS = math.log(EPS_LOG)
 #: terminals: per-voxel inputs and the region soft counts (fractions of the voxel count)
 TERMINALS = ("p", "g", "TP", "FP", "FN")
 #: terminals that depend on the prediction / on the target
@@ -67,16 +77,16 @@ Node = tuple
 
 
 def _pdiv(a: Tensor, b: Tensor) -> Tensor:
-    ok = b.abs() > EPS_DIV
-    safe = torch.where(ok, b, torch.ones_like(b))
-    q = a / safe
-    return torch.where(ok, q, torch.ones_like(q))
+    """Protected division ``a / (sign(b) max(|b|, eps))``, ``sign(0) = 1``: ``a / b`` outside the guard,
+    ``+-a / eps`` inside (continuous in ``a``, and in ``b`` except where ``b`` changes sign)."""
+    return a / torch.where(b >= 0, b.clamp_min(EPS_DIV), b.clamp_max(-EPS_DIV))
 
 
 def _plog(a: Tensor) -> Tensor:
-    ok = a.abs() > EPS_DIV
-    safe = torch.where(ok, a.abs(), torch.ones_like(a))
-    return torch.where(ok, torch.log(safe), torch.zeros_like(a))
+    """Protected log: ``log |a|`` for ``|a| >= eps``, its tangent ``log(eps) - 1 + |a| / eps`` below (value
+    and derivative continuous, finite at 0, increasing in ``|a|``)."""
+    m = a.abs()
+    return torch.where(m >= EPS_LOG, torch.log(m.clamp_min(EPS_LOG)), (_LOG_EPS - 1.0) + m / EPS_LOG)
 
 
 def _psqrt(a: Tensor) -> Tensor:
@@ -202,7 +212,9 @@ def canonical(node: Node, constants: Mapping[str, float] | None = None) -> str:
 
 def readable(node: Node, constants: Mapping[str, float] | None = None, digits: int = 4) -> str:
     """Infix text for people, e.g. ``c0 * (p - g)^2``; named constants as their names unless ``constants``
-    is given (then their values, ``digits`` significant digits). Division, log and sqrt are the protected ones."""
+    is given (then their values, ``digits`` significant digits). ``/``, ``log`` and ``sqrt`` are the protected
+    (continuous) ones of the module docstring: ``a / b`` divides by ``+-eps`` where ``|b| < eps``, ``log``
+    follows its tangent below ``eps``."""
     return _readable(node, constants, digits)[0]
 
 

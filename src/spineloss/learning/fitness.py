@@ -11,10 +11,12 @@ same initial weights and sees the same batches; the Dice is the experiment's
 The proxy task (:class:`ProxyTask`) is built from a learn config (:mod:`.config`) by :func:`build_task`: the
 cases of outer fold ``fold`` of the study's seeded split (:func:`spineloss.experiment.make_folds`) minus its
 test cases, split by :func:`spineloss.experiment.inner_split` into cases that train and ``val_fraction`` that
-score. Test cases of that fold never train or score a candidate; their ids are recorded with the result.
+score. Test cases of that fold never train or score a candidate; their ids are recorded with the result, as
+are the fit and val cases with their files' fingerprints (:meth:`ProxyTask.summary`), which an experiment
+checks against its own test folds (:mod:`.protocol`).
 
 :func:`evaluate` is a plain function of a plain dict, so any backend (the local process pool of
-:mod:`.parallel`, or Ray) can run it: ``evaluate({"loss": <learned-loss document>, "task": task.to_dict()})``.
+:mod:`spineloss.backends.local`, through :mod:`.parallel`, or Ray) can run it: ``evaluate({"loss": <learned-loss document>, "task": task.to_dict()})``.
 Before training, the candidate goes through :func:`spineloss.learning.screening.screen` (unless the spec says
 ``"screen": False``); a rejected, invalid or crashing candidate gets :data:`WORST_FITNESS`.
 """
@@ -107,10 +109,25 @@ class ProxyTask:
             _CASES[key] = ([prepared[i] for i in self.fit_ids], [prepared[i] for i in self.val_ids])
         return _CASES[key]
 
+    def fingerprints(self) -> dict[str, str]:
+        """``{case_id: hash}`` of the fit and val cases' image and label files
+        (:func:`spineloss.experiment.data_fingerprints`): the identity of the data that chose the loss, which an
+        experiment compares with its test cases' (:mod:`spineloss.learning.protocol`)."""
+        from ..data.layout import check_dataset
+        from ..experiment import data_fingerprints
+        by_id = {c.case_id: c for c in check_dataset(self.data_dir).cases}
+        missing = sorted(set(self.fit_ids + self.val_ids) - set(by_id))
+        if missing:
+            raise ValueError(f"{self.data_dir}: the proxy task's cases {missing[:5]} are not in the data set")
+        return data_fingerprints([by_id[i] for i in self.fit_ids + self.val_ids])
+
     def summary(self) -> dict:
-        """What a learned-loss file records about the task it was found on."""
+        """What a learned-loss file records about the task it was found on: the data, the case ids that chose
+        the loss (``fit_cases``, ``val_cases``) and their files' ``fingerprints``, the fold's test cases left
+        out, the sections."""
         return {"data": self.data_dir, "label_mode": self.label_mode, "fit_cases": list(self.fit_ids),
-                "val_cases": list(self.val_ids), "excluded_test_cases": list(self.test_ids),
+                "val_cases": list(self.val_ids), "fingerprints": self.fingerprints(),
+                "excluded_test_cases": list(self.test_ids),
                 "model": self.model, "training": {k: v for k, v in self.training.items() if k != "threads"},
                 "augment": self.augment, "preprocess": self.preprocess}
 

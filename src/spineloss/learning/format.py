@@ -7,8 +7,8 @@ Every search of :mod:`spineloss.learning` writes ``learned_loss.json``; configs 
 
 (relative paths are relative to the current directory, as ``[data] path``). The document::
 
-    {"format": "spineloss-learned-loss", "version": 1, "kind": KIND, ...kind's fields..., "readable": TEXT,
-     "source": {...how it was found: method, fitness, proxy task, case ids...}}
+    {"format": "spineloss-learned-loss", "version": 2, "kind": KIND, ...kind's fields..., "readable": TEXT,
+     "source": {...how it was found: method, fitness, proxy task, case ids and their files' fingerprints...}}
 
 * ``"expression"``: ``formula`` (prefix-call text over p, g, TP, FP, FN and named constants ``c0, c1, ...``,
   :mod:`.expression`) and ``constants`` ``{"c0": 0.5, ...}``;
@@ -19,7 +19,14 @@ Every search of :mod:`spineloss.learning` writes ``learned_loss.json``; configs 
 
 Only plain JSON (numbers written with ``repr``, so float32 weights and float64 constants read back bit for
 bit): no pickled Python objects, nothing is evaluated when a file is read (formulas go through a whitelist
-parser). ``readable`` and ``source`` are for people and provenance; loading ignores them.
+parser). ``readable`` is for people and loading ignores it; ``source`` is provenance, and an experiment reads
+its ``task`` (the proxy's ``fit_cases``, ``val_cases`` and ``fingerprints``) to refuse a fold whose test cases
+chose the loss (:mod:`.protocol`).
+
+Versions: 2 made the protected division and log of expressions continuous (:mod:`.expression`). A version 1
+``"expression"`` file whose formula uses ``div`` or ``log`` meant something else and is refused (run the
+search again, or, to accept the new meaning for that formula, set ``"version": 2``); any other version 1 file
+means the same under version 2 and loads (and is written back as version 2).
 """
 from __future__ import annotations
 
@@ -34,11 +41,14 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..losses.base import Loss
 
-__all__ = ["FORMAT", "KINDS", "PREFIX", "document_of", "file_digest", "learned_digest", "learned_loss_class", "learned_path", "learned_row_name",
-           "load_document", "load_learned_loss", "loss_class", "loss_from_document", "save_learned_loss"]
+__all__ = ["FORMAT", "KINDS", "PREFIX", "VERSION", "document_of", "file_digest", "learned_digest", "learned_digests",
+           "learned_loss_class", "learned_path", "learned_row_name", "learned_terms", "load_document",
+           "load_learned_loss", "loss_class", "loss_from_document", "save_learned_loss"]
 
 FORMAT = "spineloss-learned-loss"
-VERSION = 1
+VERSION = 2
+#: primitives whose value changed in version 2 (continuous protections)
+_CHANGED_IN_2 = ("div", "log")
 KINDS = ("expression", "taylor", "meta")
 PREFIX = "learned:"
 _FIELDS = {"expression": {"formula", "constants"}, "taylor": {"family", "coefficients"}, "meta": {"network", "state"}}
@@ -80,6 +90,26 @@ def learned_digest(name: str) -> str:
     return file_digest(path)
 
 
+def learned_terms(loss: Any, params: Mapping[str, Any] | None = None) -> list[str]:
+    """The ``"learned:PATH"`` names a loss of a config uses, in order: the loss itself, the terms of a weighted
+    sum given as a mapping (``{ dice = 1.0, "learned:PATH" = 1.0 }`` or ``{ "learned:PATH" = { weight = w } }``),
+    or the ``terms`` parameter of ``"weighted_sum"``."""
+    if isinstance(loss, str):
+        if learned_path(loss) is not None:
+            return [loss]
+        if loss.strip().lower() == "weighted_sum" and isinstance((params or {}).get("terms"), Mapping):
+            return learned_terms(params["terms"])
+        return []
+    if isinstance(loss, Mapping):
+        return [name for name in loss if learned_path(name) is not None]
+    return []
+
+
+def learned_digests(loss: Any, params: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """``{"learned:PATH": learned_digest}`` for every learned term of a loss (:func:`learned_terms`)."""
+    return {name: learned_digest(name) for name in learned_terms(loss, params)}
+
+
 def loss_class(doc: Mapping[str, Any]) -> type[Loss]:
     """The :class:`~spineloss.losses.base.Loss` subclass of a document's ``kind``."""
     kind = doc.get("kind") if isinstance(doc, Mapping) else None
@@ -104,18 +134,36 @@ def check_document(doc: Any, where: str = "learned loss") -> dict:
     if doc.get("format", FORMAT) != FORMAT:
         raise ValueError(f"{where}: format is {doc.get('format')!r}, not {FORMAT!r} (not a spineloss learned loss)")
     version = doc.get("version", VERSION)
-    if not isinstance(version, int) or version > VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{where}: version must be an integer >= 1, got {version!r}")
+    if version > VERSION:
         raise ValueError(f"{where}: version {version!r} is newer than this spineloss reads ({VERSION}); update "
                          "spineloss")
     kind = doc.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
+    if version == 1 and kind == "expression":
+        _check_version_1_formula(doc.get("formula"), where)
     missing = sorted(_FIELDS[kind] - set(doc))
     extra = sorted(set(doc) - _FIELDS[kind] - _OPTIONAL)
     if missing or extra:
         raise ValueError(f"{where}: a {kind!r} learned loss needs {sorted(_FIELDS[kind])}"
                          + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
     return doc
+
+
+def _check_version_1_formula(formula: Any, where: str) -> None:
+    """A version 1 expression whose formula divides or takes a log meant something else: refuse it."""
+    import re
+    if not isinstance(formula, str):
+        return  # the formula's own check says what is wrong
+    used = sorted(set(re.findall(r"\b(" + "|".join(_CHANGED_IN_2) + r")\s*\(", formula)))
+    if used:
+        raise ValueError(f"{where}: a version 1 learned formula that uses {used}: version 1's protected division "
+                         "returned 1 and its protected log returned 0 where the argument was within 1e-6 of 0; "
+                         f"version {VERSION} makes them continuous (a confidently wrong prediction is no longer "
+                         "scored as perfect), so the formula no longer means what was searched. Run the search "
+                         f"again, or set \"version\": {VERSION} in the file to accept the new meaning")
 
 
 def _constructor_args(doc: dict) -> dict:
@@ -182,8 +230,8 @@ def save_learned_loss(path: str | Path, loss_or_doc: Loss | Mapping[str, Any],
     doc = document_of(loss_or_doc, source) if isinstance(loss_or_doc, Loss) else dict(loss_or_doc)
     if source and "source" not in doc:
         doc["source"] = dict(source)
-    doc = {"format": FORMAT, "version": VERSION, **doc}
-    loss_from_document(doc, str(path))  # never write a file that does not load
+    loss_from_document(doc, str(path))  # never write a file that does not load (nor an old formula's meaning)
+    doc = {"format": FORMAT, "version": VERSION, **{k: v for k, v in doc.items() if k not in ("format", "version")}}
     text = json.dumps(_finite_json(doc), indent=1, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
 

@@ -69,14 +69,18 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
     ``workers``: evaluation processes (default ``[learn] workers``; 0: one per core). ``evaluate_fn``: what
     scores a candidate spec (default :func:`spineloss.learning.fitness.evaluate_detailed`; a module-level
     function when ``workers > 1``). ``on_generation_end(row)``: called after each generation's (epoch's)
-    checkpoint is written. ``backend``: run the evaluations there instead of the local pool (any object with
-    ``map(fn, items)``, e.g. ``spineloss.backends.get_backend("ray")``).
+    checkpoint is written. ``backend``: where the evaluations run (:class:`~spineloss.learning.parallel.Evaluator`):
+    ``None`` for the grid's local backend with ``workers`` processes, or a backend object (anything with
+    ``map(fn, items)``, e.g. ``spineloss.backends.get_backend("ray")``), which the caller closes.
     """
     from .. import __version__
     config.check_method(method)
     out = Path(out_dir or config.output or f"runs/{config.name}")
     out.mkdir(parents=True, exist_ok=True)
     record = json.loads(json.dumps({"method": method, "config": config.record(method)}, default=float))
+    if method == "genetic":  # a checkpoint's cached fitness values hold for the formulas' meaning of its version
+        from .format import VERSION
+        record["expression_format_version"] = VERSION
     _prepare_folder(out, record, resume)
     task = build_task(config, out)
     t0 = time.perf_counter()
