@@ -48,20 +48,19 @@ def _cmd_experiment(args) -> int:
         if not Path(args.data).is_dir():
             raise ValueError(f"--data {args.data}: no such folder")
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=args.data, phantom=None))
-    from .backends import GridFailed
-    options = {}
-    if args.backend == "ray":
-        options = {"address": args.address, "cpus_per_task": args.cpus_per_task}
-    elif args.address is not None:
-        raise ValueError("--address is for --backend ray")
+    from .backends import GridFailed, backend_from_arguments
+    backend = backend_from_arguments(args)
     try:
         table = run_experiment(config, args.out, progress=not args.no_progress, resume=args.resume, force=args.force,
                                only_losses=args.losses.split(",") if args.losses else None,
-                               backend=args.backend, backend_options=options)
+                               backend=backend or "local")
     except GridFailed as exc:
         print("\n" + exc.table)
         print(f"spineloss: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if backend is not None:
+            backend.close()
     print("\n" + table)
     return 0
 
@@ -161,15 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted (loss, fold) from its last.pt (default); --no-resume "
                         "restarts it from scratch. A finished run is reused while its recorded config is unchanged (see --force).")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one run after the other here (default); ray: every run a Ray task "
-                        "(pip install 'spineloss[ray]'; docs/cluster.md)")
-    p.add_argument("--address", default=None,
-                   help="with --backend ray: 'auto' or HOST:PORT of a running cluster (default: start a local "
-                        "Ray instance on this machine)")
-    p.add_argument("--cpus-per-task", type=float, default=1, metavar="N",
-                   help="with --backend ray: CPUs (and PyTorch threads) per run (default 1); where the cluster "
-                        "has GPUs each run also takes one GPU")
+    from .backends import add_backend_arguments
+    add_backend_arguments(p, "run")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("train", help="one training run of a config: a fold of its grid, or the final model on all cases",

@@ -37,7 +37,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -307,8 +307,8 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
         postprocess=_section(PostprocessConfig, raw.get("postprocess"), "postprocess"))
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read a TOML experiment config; errors name the file and the key to fix."""
+def load_toml(path: str | Path, build: Callable[[dict], Any]) -> Any:
+    """``build(parsed TOML of path)``; every error names the file (and ``build``'s the key to fix)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
@@ -317,9 +317,14 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML ({exc})") from exc
     try:
-        return config_from_dict(raw)
+        return build(raw)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a TOML experiment config; errors name the file and the key to fix."""
+    return load_toml(path, config_from_dict)
 
 
 def make_folds(case_ids: Sequence[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:

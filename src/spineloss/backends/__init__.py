@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-__all__ = ["BACKENDS", "Backend", "Job", "JobEvents", "GridFailed", "get_backend", "map_with_results"]
+__all__ = ["BACKENDS", "Backend", "Job", "JobEvents", "GridFailed", "add_backend_arguments", "backend_from_arguments",
+           "get_backend", "map_with_results"]
 
 BACKENDS = ("local", "ray")
 
@@ -124,6 +125,29 @@ def get_backend(name: str | Backend = "local", **options: Any) -> Backend:
         from .ray import RayBackend
         return RayBackend(**options)
     raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+
+
+def add_backend_arguments(parser, what: str) -> None:
+    """``--backend``, ``--address`` and ``--cpus-per-task`` on a command's argparse ``parser``; ``what`` names
+    one unit of work ("run", "evaluation")."""
+    parser.add_argument("--backend", choices=list(BACKENDS), default="local",
+                        help=f"local: here (default); ray: every {what} a Ray task "
+                             "(pip install 'spineloss[ray]'; docs/cluster.md)")
+    parser.add_argument("--address", default=None,
+                        help="with --backend ray: 'auto' or HOST:PORT of a running cluster (default: start a local "
+                             "Ray instance on this machine)")
+    parser.add_argument("--cpus-per-task", type=float, default=1, metavar="N",
+                        help=f"with --backend ray: CPUs (and PyTorch threads, unless [training] threads is set) per "
+                             f"{what} (default 1); where the cluster has GPUs each {what} also takes one GPU")
+
+
+def backend_from_arguments(args) -> Backend | None:
+    """The backend the parsed ``--backend`` / ``--address`` / ``--cpus-per-task`` ask for (``None``: local)."""
+    if args.backend == "ray":
+        return get_backend("ray", address=args.address, cpus_per_task=args.cpus_per_task)
+    if args.address is not None:
+        raise ValueError("--address is for --backend ray")
+    return None
 
 
 def epochs_in(run_dir: Path | None) -> int:

@@ -19,12 +19,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from .runner import run_learning
     config = load_learn_config(args.config)
     t0 = time.perf_counter()
-    backend = None
-    if args.backend == "ray":   # the grid's Ray backend: each fitness evaluation a Ray task (docs/cluster.md)
-        from ..backends import get_backend
-        backend = get_backend("ray", address=args.address, cpus_per_task=args.cpus_per_task)
-    elif args.address is not None:
-        raise ValueError("--address is for --backend ray")
+    from ..backends import backend_from_arguments
+    backend = backend_from_arguments(args)   # None: the local process pool
     try:
         result = run_learning(args.method, config, args.out, resume=args.resume, progress=not args.no_progress,
                               workers=args.workers, backend=backend)
@@ -56,12 +52,7 @@ def add_learn_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue an interrupted search from its checkpoint (default); --no-resume deletes the "
                         "folder's search results and starts over")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: a process pool here (default); ray: each evaluation a Ray task "
-                        "(pip install 'spineloss[ray]'; docs/cluster.md)")
-    p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: a local "
-                                                   "Ray instance)")
-    p.add_argument("--cpus-per-task", type=float, default=1, metavar="N",
-                   help="with --backend ray: CPUs (and PyTorch threads) per evaluation (default 1)")
+    from ..backends import add_backend_arguments
+    add_backend_arguments(p, "evaluation")
     p.set_defaults(func=_cmd_learn)
     return p

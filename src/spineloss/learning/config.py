@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -306,14 +305,5 @@ def _table(cls, table: dict, where: str):
 
 def load_learn_config(path: str | Path) -> LearnConfig:
     """Read a learn config; errors name the file and the key to fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
-    try:
-        return learn_config_from_dict(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    from ..experiment import load_toml
+    return load_toml(path, learn_config_from_dict)
