@@ -5,7 +5,7 @@ constants were set in issue 4), flagged cases, and the grid's time.
     python bench/results_summary.py runs/lumbar_baseline --exclude lumbar_42,lumbar_43,lumbar_45,\\
         lumbar_46,lumbar_47,lumbar_49,lumbar_51,lumbar_52
 
-Prints a Markdown table. Time: the sum of the runs' ``train_seconds`` (training + scoring) and the
+Prints a Markdown table. Time: the sum of the runs' ``train_seconds`` (the training; each run's scoring comes on top) and the
 span from the first ``run.json`` written to the last ``metrics.json``.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def summarize(run_dir: Path, exclude: set[str]) -> str:
     lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.2f} | {r[5]} | {r[6]:.4f} | {r[7]:.2f} | {r[8]} |"
               for r in rows]
     span = (max(ends) - min(starts)) / 3600 if starts and ends else float("nan")
-    lines.append(f"\nruns: {sum(r[1] for r in rows)}; time in runs {seconds / 3600:.2f} h; first start to last "
+    lines.append(f"\nruns: {sum(r[1] for r in rows)}; training time in runs {seconds / 3600:.2f} h; first start to last "
                  f"result {span:.2f} h (includes any pause between sessions)")
     return "\n".join(lines)
 
