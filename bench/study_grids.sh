@@ -10,8 +10,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SPINELOSS=${SPINELOSS:-.venv/bin/spineloss}
 
-grid() {  # grid CONFIG RUN_DIR RESULTS_DIR
-    "$SPINELOSS" experiment "$1" --out "$2" && bash bench/collect_results.sh "$2" "$3"
+grid() {  # grid CONFIG RUN_DIR RESULTS_DIR: run, copy the small outputs, write the HTML report beside them
+    "$SPINELOSS" experiment "$1" --out "$2" && bash bench/collect_results.sh "$2" "$3" \
+        && "$SPINELOSS" report "$3" --out "$3.html" --analysis docs/results/analysis > /dev/null
 }
 
 copy_fixed() {  # copy_fixed FROM TO LOSS...: the baseline's finished runs of these losses

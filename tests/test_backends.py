@@ -242,3 +242,17 @@ population = 2
             return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     assert rows("ray") == rows("local") and len(rows("ray")) >= 2
     assert ray_backend._ray.is_initialized()          # the CLI left the fixture's instance alone
+
+
+def test_the_ray_backend_names_the_extra_when_ray_is_missing(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "ray", None)      # "import ray" now fails as if it were not installed
+    with pytest.raises(ValueError, match=r"pip install 'spineloss\[ray\]'"):
+        get_backend("ray")
+    # and nothing else needs it: the CLI and the local grid import without Ray
+    import subprocess
+    import sys as _sys
+    code = ("import sys; sys.modules['ray'] = None; import spineloss.cli, spineloss.experiment, spineloss.one_run; "
+            "spineloss.cli.build_parser(); from spineloss.backends import get_backend; get_backend('local')")
+    done = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
