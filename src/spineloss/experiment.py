@@ -45,7 +45,7 @@ from .atomic import atomic_write_text
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
 from .postprocess import PostprocessConfig
-from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, checkpoint_postprocess, evaluate_cases,
+from .training import (ModelConfig, TrainConfig, checkpoint_mirror_axes, evaluate_cases,
                        load_checkpoint, write_json)
 
 __all__ = ["LossSpec", "DataConfig", "ExperimentConfig", "load_config", "make_folds", "run_experiment"]
