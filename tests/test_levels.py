@@ -311,3 +311,35 @@ def test_rescore_compares_level_methods_on_the_same_networks(level_run, tmp_path
                    inner, progress=False, pictures=False)
     assert main(["rescore", str(inner), "--out", str(tmp_path / "y")]) == 2  # chosen under the old post-processing
     assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--postprocess", "caudal=5"]) == 2
+
+
+def test_a_body_whose_levels_share_its_probability_is_still_a_body():
+    """L2's voxels: background 0.40, L2 0.32, L3 0.28. The arg-max calls them background; the body is more
+    likely there than not (p_0 < 0.5), it lies between L1 and L3, and its mass says L2."""
+    truth = _spine()
+    p = _probabilities(truth, {2: {0: 0.40, 2: 0.32, 3: 0.28}})
+    assert (p.argmax(0)[truth == 2] == 0).all()
+    result = assign_levels(p, 0, 1, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(result.labels, truth)
+    assert result.flags == []
+    # without the anatomical prior the probabilities alone drop it (its background mass is the largest)
+    alone = assign_levels(p, 0, 1, (1.0, 1.0, 1.0), anatomy_weight=0.0)
+    assert (alone.labels[truth == 2] == 0).all() and "dropped_between" in alone.flags
+
+
+def test_the_anatomical_prior_by_hand():
+    # three neighbouring pieces; the middle one slightly prefers background, the prior makes it level 2
+    mass = np.array([[0.0, 9.0, 0.0, 0.0], [4.0, 0.0, 3.5, 0.5], [0.0, 0.0, 0.0, 9.0]])
+    assert ordered_labelling(mass) == [(1,), (), (3,)]
+    assert ordered_labelling(mass, adjacent=[True, True], anatomy_cost=1.0) == [(1,), (2,), (3,)]
+    # spread-out level evidence under a larger background mass: the order labels the bodies (counting)
+    mass = np.array([[5.0, 6.0, 1.0, 1.0], [4.0, 2.0, 2.2, 2.1], [3.0, 0.0, 0.5, 9.0]])
+    assert ordered_labelling(mass) == [(1,), (), (3,)]
+    assert ordered_labelling(mass, adjacent=[True, True], anatomy_cost=3.0) == [(1,), (2,), (3,)]
+    # more bodies than levels: the one with the most background evidence goes
+    mass = np.array([[8.0, 2.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0]])
+    assert ordered_labelling(mass, adjacent=[True, True], anatomy_cost=3.0) == [(), (1,), (2,)]
+    # a skipped level between neighbours costs the prior, between pieces two spacings apart it does not
+    mass = np.array([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 3.0, 4.0]])
+    assert ordered_labelling(mass, adjacent=[True], anatomy_cost=2.0) == [(1,), (2,)]
+    assert ordered_labelling(mass, adjacent=[False], anatomy_cost=2.0) == [(1,), (3,)]

@@ -6,7 +6,9 @@ give two bodies the same level, or take T12 for L1; counting bodies from the sac
 (:mod:`spineloss.postprocess`) fixes the last but cannot tell a fused pair from a missing level.
 :func:`assign_levels` combines them:
 
-1. **Bodies.** The foreground (arg-max not background) is split into pieces as in
+1. **Bodies.** The foreground (``p_0 < 0.5``: more likely a body than background, whichever level; the
+   arg-max alone loses the voxels where neighbouring levels share a body's probability and the
+   background wins with less than half of it) is split into pieces as in
    :func:`spineloss.postprocess.split_bodies` (erosion seeds, nearest-seed growth). Pieces side by side
    at one height (each one's centroid within the other's head-feet extent) are one body. Bodies of at
    least ``min_body_fraction`` of the median of the ``L`` largest take part; smaller pieces are
@@ -19,7 +21,11 @@ give two bodies the same level, or take T12 for L1; counting bodies from the sac
    ``M[b, k]``), or, when it holds at least ``fused_volume`` median bodies (two bodies fused through a
    disc), two consecutive levels ``k, k+1`` cut by the plane across the head-feet axis that maximises
    ``sum_{above} p_k + sum_{below} p_{k+1}`` (each part body-size). Levels strictly increase towards the
-   feet and each is used at most once: the maximum-probability labelling that respects the anatomy.
+   feet and each is used at most once. An anatomical prior costs half a median body's mass for each
+   body left unlabelled and each level skipped between neighbouring bodies (one typical spacing
+   apart): a body between L1 and L3 is L2 unless its probabilities insist otherwise, and bodies whose
+   level probabilities are spread out are labelled by their order. The result: the maximum-probability
+   labelling under the anatomy.
 4. **Flags.** What breaks an assumption is reported, never relabelled silently: ``missing:L5`` (a
    level with less than a quarter of a median body written), ``dropped_above`` (a body cranial to the
    first level: T12), ``dropped_below`` (caudal to the last: a segmented S1 or a transitional L6),
@@ -60,40 +66,53 @@ class LevelAssignment:
     pieces: list[tuple[int, ...]] = field(default_factory=list)   # head to feet: the level(s) of each piece
 
 
-def ordered_labelling(mass: np.ndarray, fused: np.ndarray | None = None) -> list[tuple[int, ...]]:
+def ordered_labelling(mass: np.ndarray, fused: np.ndarray | None = None, adjacent: Sequence[bool] | None = None,
+                      anatomy_cost: float = 0.0) -> list[tuple[int, ...]]:
     """The best ordered labelling of ``n`` pieces (rows, head to feet) with levels ``1..L``.
 
     ``mass``: ``n x (L + 1)`` gains, column 0 background. ``fused``: ``n x (L + 1)``, ``fused[b, k]``
     the gain of giving piece ``b`` the levels ``k`` and ``k + 1`` (NaN: not allowed). Returns, per
     piece, ``()`` (background), ``(k,)`` or ``(k, k + 1)``; levels strictly increase down the rows.
-    Exact dynamic programme, ``O(n L^2)``.
+
+    The anatomical prior (``anatomy_cost`` > 0, in the units of ``mass``): the pieces are bodies, so each
+    one left as background costs ``anatomy_cost`` (a T12 or an S1 is still dropped when there are more
+    bodies than levels, or when its background mass outweighs the cost), and so does every level skipped
+    between two labelled pieces that are neighbours (``adjacent[i]``: pieces ``i`` and ``i + 1`` lie one
+    typical spacing apart), since no body lies between them. Where the level probabilities say little
+    (spread over the levels), the order alone labels the bodies, as counting would.
+    Exact dynamic programme over the last level used and whether the previous piece was labelled,
+    ``O(n L^2)``.
     """
     mass = np.asarray(mass, dtype=np.float64)
     n, width = mass.shape
     levels = width - 1
     if fused is None:
         fused = np.full_like(mass, np.nan)
+    near = [False] * max(n - 1, 0) if adjacent is None else [bool(a) for a in adjacent]
     neg = -np.inf
-    score = np.full((n + 1, levels + 1), neg)   # score[i, j]: best over pieces < i with last level j
-    score[0, 0] = 0.0
-    back: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+    # score[i][(j, d)]: best over pieces < i whose last level is j; d = 1 when piece i - 1 was left unlabelled
+    score: list[dict[tuple[int, int], float]] = [dict() for _ in range(n + 1)]
+    score[0][(0, 0)] = 0.0
+    back: dict[tuple[int, int, int], tuple[tuple[int, int], tuple[int, ...]]] = {}
     for i in range(n):
-        for j in range(levels + 1):
-            if score[i, j] == neg:
-                continue
-            options = [((), j, mass[i, 0])]
-            options += [((k,), k, mass[i, k]) for k in range(j + 1, levels + 1)]
-            options += [((k, k + 1), k + 1, fused[i, k]) for k in range(j + 1, levels)
-                        if np.isfinite(fused[i, k])]
+        for (j, d), before in score[i].items():
+            options = [((), (j, 1), mass[i, 0] - anatomy_cost)]                  # a body left unlabelled
+            for k in range(j + 1, levels + 1):
+                moves = [((k,), k, mass[i, k])]
+                if k < levels and np.isfinite(fused[i, k]):
+                    moves.append(((k, k + 1), k + 1, fused[i, k]))
+                for chosen, state, gain in moves:
+                    skipped = chosen[0] - j - 1 if j and d == 0 and i > 0 and near[i - 1] else 0
+                    options.append((chosen, (state, 0), gain - anatomy_cost * skipped))   # levels skipped next door
             for chosen, state, gain in options:
-                total = score[i, j] + gain
-                if total > score[i + 1, state] + 1e-12:
-                    score[i + 1, state] = total
-                    back[(i + 1, state)] = (j, chosen)
-    state = int(np.argmax(score[n]))
+                total = before + gain
+                if total > score[i + 1].get(state, neg) + 1e-12:
+                    score[i + 1][state] = total
+                    back[(i + 1,) + state] = ((j, d), chosen)
+    state = max(score[n], key=lambda s: score[n][s])
     out: list[tuple[int, ...]] = []
     for i in range(n, 0, -1):
-        prev, chosen = back[(i, state)]
+        prev, chosen = back[(i,) + state]
         out.append(chosen)
         state = prev
     return out[::-1]
@@ -101,7 +120,7 @@ def ordered_labelling(mass: np.ndarray, fused: np.ndarray | None = None) -> list
 
 def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacing: Sequence[float],
                   erosion_mm: float = 2.0, min_body_fraction: float = 0.5, fused_volume: float = 1.5,
-                  oblique: bool = False) -> LevelAssignment:
+                  oblique: bool = False, anatomy_weight: float = 0.5) -> LevelAssignment:
     """Label the vertebral bodies of ``probabilities`` (``(L + 1) x D x H x W`` softmax) with levels ``1..L``.
 
     Args:
@@ -115,6 +134,9 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
         fused_volume: a body may take two consecutive levels, cut by a plane across the head-feet
             axis, when it holds at least this many median bodies (two bodies fused through a disc).
         oblique: the caller found no clear head-feet axis (adds the ``oblique_axis`` flag).
+        anatomy_weight: the anatomical prior of :func:`ordered_labelling`, in median bodies: a body left
+            unlabelled, or a level skipped between neighbouring bodies, costs this
+            fraction of a median body's probability mass (default 0.5; 0: the probabilities alone).
     Returns:
         :class:`LevelAssignment` (see the module docstring for the method and the flags).
     """
@@ -125,13 +147,13 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
         raise ValueError(f"assign_levels needs (levels + 1) x D x H x W probabilities, got shape {p.shape}")
     levels = p.shape[0] - 1
     flags = ["oblique_axis"] if oblique else []
-    argmax = p.argmax(0)
-    labels = np.zeros(argmax.shape, dtype=np.uint8)
-    box = bounding_box(argmax > 0, margin=1)
+    foreground = p[0] < 0.5
+    labels = np.zeros(foreground.shape, dtype=np.uint8)
+    box = bounding_box(foreground, margin=1)
     if box is None:
         return LevelAssignment(labels, flags + [f"missing:L{k}" for k in range(1, levels + 1)] + ["bodies:0"])
     pb = p[(slice(None),) + box]
-    parts, n = split_bodies(argmax[box] > 0, spacing, erosion_mm)
+    parts, n = split_bodies(foreground[box], spacing, erosion_mm)
     groups = _bodies_at_one_height(parts, n, axis)                 # piece -> body id (side-by-side halves join)
     n_groups = int(groups.max())
     body_of = groups[parts]                                        # voxel -> body id (0: background)
@@ -154,7 +176,9 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
                                 min_body_fraction * reference)
                 if cut is not None:
                     fused[row, k], cuts[(row, k)] = cut[1], cut[0]
-    chosen = ordered_labelling(mass, fused)
+    steps = np.diff(position)
+    adjacent = steps <= 1.5 * float(np.median(steps)) if steps.size else steps.astype(bool)
+    chosen = ordered_labelling(mass, fused, adjacent, anatomy_weight * reference)
 
     sub = labels[box]
     is_body_voxel = np.isin(body_of, ids)
