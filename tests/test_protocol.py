@@ -164,6 +164,10 @@ def test_interrupted_grid_resumes_to_the_same_numbers(tmp_path, monkeypatch):
             a = json.loads((tmp_path / "full" / loss / f"fold{k}" / "metrics.json").read_text())
             b = json.loads((tmp_path / "cut" / loss / f"fold{k}" / "metrics.json").read_text())
             assert json.dumps(a["cases"], sort_keys=True) == json.dumps(b["cases"], sort_keys=True)
+            # the training time counts every session's epochs, not only the resumed call's
+            with open(tmp_path / "cut" / loss / f"fold{k}" / "history.csv") as f:
+                epochs = sum(float(row["seconds"]) for row in csv.DictReader(f))
+            assert b["train_seconds"] == pytest.approx(epochs)
 
 
 def test_training_sees_only_its_training_cases(tmp_path, monkeypatch):
