@@ -5,7 +5,7 @@ constants were set in issue 4), flagged cases, and the grid's time.
     python bench/results_summary.py runs/lumbar_baseline --exclude lumbar_42,lumbar_43,lumbar_45,\\
         lumbar_46,lumbar_47,lumbar_49,lumbar_51,lumbar_52
 
-Prints a Markdown table. Time: the sum of the runs' ``train_seconds`` (the training; each run's scoring comes on top) and the
+Prints a Markdown table. Time: the sum of the runs' epoch times from ``history.csv`` (the training; each run's scoring comes on top) and the
 span from the first ``run.json`` written to the last ``metrics.json``.
 """
 from __future__ import annotations
@@ -18,6 +18,17 @@ from pathlib import Path
 import numpy as np
 
 
+def _epoch_seconds(run: Path, recorded: float) -> float:
+    """The run's epochs' wall times from ``history.csv`` (every session that trained it; runs recorded before
+    ``train_seconds`` meant that counted only the last call), else ``recorded``."""
+    import csv
+    try:
+        with open(run / "history.csv") as f:
+            return sum(float(r["seconds"]) for r in csv.DictReader(f)) or recorded
+    except (OSError, KeyError, ValueError):
+        return recorded
+
+
 def summarize(run_dir: Path, exclude: set[str]) -> str:
     order = {s["name"]: i for i, s in enumerate(json.loads((run_dir / "experiment.json").read_text())["losses"])}
     rows, seconds, starts, ends = [], 0.0, [], []
@@ -27,7 +38,7 @@ def summarize(run_dir: Path, exclude: set[str]) -> str:
         for path in sorted(loss_dir.glob("fold*/metrics.json")):
             m = json.loads(path.read_text())
             folds += 1
-            seconds += float(m.get("train_seconds", 0.0))
+            seconds += _epoch_seconds(path.parent, float(m.get("train_seconds", 0.0)))
             ends.append(path.stat().st_mtime)
             if (path.parent / "run.json").exists():
                 starts.append((path.parent / "run.json").stat().st_mtime)
