@@ -844,9 +844,7 @@ def _environment(config: ExperimentConfig) -> dict:
     import torch
 
     from . import __version__
-    from .training import resolve_amp, resolve_device
-    device = resolve_device(config.training.device)
-    amp = resolve_amp(config.training.amp, device)
+    resolved = resolved_settings(config.training)
     return {"spineloss": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "fp32",
+            "device": resolved["resolved.device"], "amp": resolved["resolved.amp"],
             "machine": platform.processor() or platform.machine()}
