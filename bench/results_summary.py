@@ -17,16 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _epoch_seconds(run: Path, recorded: float) -> float:
-    """The run's epochs' wall times from ``history.csv`` (every session that trained it; runs recorded before
-    ``train_seconds`` meant that counted only the last call), else ``recorded``."""
-    import csv
-    try:
-        with open(run / "history.csv") as f:
-            return sum(float(r["seconds"]) for r in csv.DictReader(f)) or recorded
-    except (OSError, KeyError, ValueError):
-        return recorded
+from spineloss.one_run import training_seconds
 
 
 def summarize(run_dir: Path, exclude: set[str]) -> str:
@@ -38,7 +29,7 @@ def summarize(run_dir: Path, exclude: set[str]) -> str:
         for path in sorted(loss_dir.glob("fold*/metrics.json")):
             m = json.loads(path.read_text())
             folds += 1
-            seconds += _epoch_seconds(path.parent, float(m.get("train_seconds", 0.0)))
+            seconds += training_seconds(path.parent, float(m.get("train_seconds", 0.0)))
             ends.append(path.stat().st_mtime)
             if (path.parent / "run.json").exists():
                 starts.append((path.parent / "run.json").stat().st_mtime)

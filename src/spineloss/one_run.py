@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["execute_run", "train_command", "prepared_for"]
+__all__ = ["execute_run", "train_command", "prepared_for", "training_seconds"]
 
 log = logging.getLogger("spineloss.one_run")
 
@@ -79,7 +79,7 @@ def execute_run(config, loss_name: str, split, out_dir: str | Path, current: dic
                          label_mode=config.data.label_mode, label_names=label_names, progress=False, resume=resume,
                          postprocess=config.postprocess, tuning=spec.tuning_spec(),
                          on_epoch_end=None if on_epoch_end is None else (lambda epoch, row: on_epoch_end(epoch + 1)))
-    seconds = _training_seconds(run_dir, time.perf_counter() - t)
+    seconds = training_seconds(run_dir, time.perf_counter() - t)
     if not split.test:
         return {"dice": float("nan"), "hd": float("nan"), "train_seconds": seconds}
     model, ckpt = load_checkpoint(run_dir / "model.pt")
@@ -179,7 +179,7 @@ def _check_all_run(run_dir: Path, current: dict, resume: bool) -> None:
                          + ". Use another --out folder, or --no-resume to train it again from scratch.")
 
 
-def _training_seconds(run_dir: Path, this_call: float) -> float:
+def training_seconds(run_dir: Path, this_call: float) -> float:
     """The run's training time: its epochs' wall times in ``history.csv``, summed over every session that
     trained them (a run resumed, or only scored again, is not counted as the few seconds of this call)."""
     import csv
