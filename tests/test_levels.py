@@ -69,6 +69,17 @@ def test_two_bodies_fused_into_one_piece_are_split_where_the_levels_meet():
     assert result.flags == ["split"] and result.pieces == [(1,), (2,), (3, 4), (5,)]  # 5 bodies once split
 
 
+def test_a_fused_pair_left_whole_is_flagged_with_the_shift_it_hides():
+    """ce fold 3, lumbar_43 of the levels grid: T12 in view, L4 and L5 one piece that the network calls
+    L5 throughout. The most probable ordered labelling shifts T12..L3 up by one level and gives the pair
+    one level; nothing is dropped or skipped and counting agrees, so only the body's size can say so."""
+    truth = _spine(levels=(7, 1, 2, 3, 4, 5), fuse=4)             # T12 (7) above L1; L4 and L5 touch
+    belief = {7: {1: 0.6, 0: 0.35}, 1: {2: 0.9}, 2: {3: 0.9}, 3: {4: 0.9}, 4: {5: 0.9}, 5: {5: 0.9}}
+    result = assign_levels(_probabilities(truth, belief), 0, 1, (1.0, 1.0, 1.0))
+    assert result.pieces == [(1,), (2,), (3,), (4,), (5,)]        # the network's shift, as it believes it
+    assert result.flags == ["oversized_body"]
+
+
 def test_an_uncertain_body_is_not_speckled_with_the_free_level():
     truth = _spine(levels=(1, 2, 3, 4))
     belief = {4: {4: 0.48, 5: 0.47}}                              # L4 half believes it is L5; L5 is free
