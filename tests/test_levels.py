@@ -324,6 +324,43 @@ def test_rescore_compares_level_methods_on_the_same_networks(level_run, tmp_path
     assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--postprocess", "caudal=5"]) == 2
 
 
+def test_rescore_scores_a_binary_grid_on_the_levels_by_counting(tmp_path):
+    """The counting route on a foreground grid's own networks and test folds: the levels are the bodies
+    numbered from the sacrum, scored on the data set's L1-L5 labels, as a fresh evaluation would."""
+    import json
+
+    from spineloss.cli import main
+    from spineloss.data.layout import read_dataset
+    from spineloss.data.loader import prepare_cases
+    from spineloss.data.preprocess import PreprocessConfig
+    from spineloss.experiment import config_from_dict, run_experiment
+    from spineloss.postprocess import PostprocessConfig
+    from spineloss.training import evaluate_cases, load_checkpoint
+    raw = {**LEVEL_RUN, "data": {**LEVEL_RUN["data"], "label_mode": "binary"}, "postprocess": {}}
+    run = tmp_path / "binary"
+    run_experiment(config_from_dict(raw), run, progress=False, pictures=False)
+    count = ["--postprocess", "caudal_bodies=5", "--postprocess", "number_levels=true"]
+    assert main(["rescore", str(run), "--out", str(tmp_path / "levels"), "--label-mode", "multiclass"] + count) == 0
+    record = json.loads((tmp_path / "levels" / "experiment.json").read_text())
+    assert record["data"]["label_mode"] == "multiclass" and record["data"]["train_label_mode"] == "binary"
+    scored = json.loads((tmp_path / "levels" / "dice" / "fold0" / "metrics.json").read_text())
+    info = read_dataset(run / "data")
+    cases = [p for p in prepare_cases(info, info.cases, PreprocessConfig(), "binary") if p.case_id in scored["cases"]]
+    model, _ = load_checkpoint(run / "dice" / "fold0" / "model.pt")
+    fresh = evaluate_cases(model, cases, "multiclass", labels=[1, 2, 3, 4, 5],
+                           postprocess=PostprocessConfig(caudal_bodies=5, number_levels=True))
+    assert json.dumps(fresh["cases"], sort_keys=True) == json.dumps(scored["cases"], sort_keys=True)
+    assert {"1", "5", "mean"} <= set(next(iter(scored["cases"].values())))
+    # levels need numbering; a 6-class run scored as levels is itself, and cannot be scored as a foreground one
+    assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--label-mode", "multiclass"]) == 2
+    six = tmp_path / "six"
+    run_experiment(config_from_dict({**LEVEL_RUN, "losses": ["ce"]}), six, progress=False, pictures=False)
+    assert main(["rescore", str(six), "--out", str(tmp_path / "y"), "--label-mode", "multiclass"] + count) == 0
+    with pytest.raises(ValueError, match="only a binary"):
+        from spineloss.experiment import rescore
+        rescore(six, PostprocessConfig(), tmp_path / "z", label_mode="binary")
+
+
 def test_a_body_whose_levels_share_its_probability_is_still_a_body():
     """L2's voxels: background 0.40, L2 0.32, L3 0.28. The arg-max calls them background; the body is more
     likely there than not (p_0 < 0.5), it lies between L1 and L3, and its mass says L2."""

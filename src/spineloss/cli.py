@@ -88,7 +88,7 @@ def _cmd_rescore(args) -> int:
         post = PostprocessConfig(**table)
     except TypeError as exc:
         raise ValueError(f"--postprocess: {exc}; known keys: caudal_bodies, number_levels, levels") from exc
-    print(rescore(args.run_dir, post, args.out, force=args.force))
+    print(rescore(args.run_dir, post, args.out, force=args.force, label_mode=args.label_mode))
     return 0
 
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--postprocess levels='\"probabilities\"'")
     p.add_argument("--out", required=True, help="the new run folder (tables, per-case CSVs, pictures)")
     p.add_argument("--force", action="store_true", help="replace rescored runs that do not match")
+    p.add_argument("--label-mode", choices=["multiclass"], default=None,
+                   help="score a binary (foreground) network's run on the levels, numbered by the "
+                        "post-processing (with --postprocess caudal_bodies=5 --postprocess number_levels=true)")
     p.set_defaults(func=_cmd_rescore)
 
     p = sub.add_parser("report", help="write and print the results table of a run folder, and its HTML page")

@@ -755,7 +755,7 @@ def config_from_record(record: dict) -> ExperimentConfig:
 
 
 def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | Path, *,
-            pictures: bool = True, force: bool = False) -> str:
+            pictures: bool = True, force: bool = False, label_mode: str | None = None) -> str:
     """Score the finished runs of ``run_dir`` again with another post-processing, without training.
 
     Each (loss, fold)'s ``model.pt`` is evaluated on the same test cases as in the experiment, with
@@ -763,6 +763,11 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
     (``experiment.json``, ``metrics.json``, ``cases.csv``, ``history.csv`` copied, pictures, table,
     stats; no model weights). Used to compare post-processings (e.g. the level assignments) on the
     same networks. Returns the table.
+
+    ``label_mode = "multiclass"`` scores the levels of a foreground (binary) network's run: the network
+    stays what it was trained as (``[data] train_label_mode = "binary"``), the post-processing must
+    number the bodies (``caudal_bodies`` = the number of levels, ``number_levels``), and the scores are
+    on the data set's own labels (the counting route to L1-L5, on the binary grid's test folds).
     """
     import shutil
 
@@ -782,7 +787,14 @@ def rescore(run_dir: str | Path, postprocess: PostprocessConfig, out_dir: str | 
     if source.selection != "last":
         raise ValueError(f"{run_dir} chose its checkpoints on an inner split scored with its own post-processing; "
                          "rescoring them with another would not be the model that post-processing would choose")
-    config = dataclasses.replace(source, postprocess=postprocess, output=None)
+    data = source.data
+    if label_mode not in (None, data.label_mode):
+        if (label_mode, data.network_label_mode) != ("multiclass", "binary"):
+            raise ValueError(f"rescore --label-mode {label_mode}: only a binary (foreground) network's run can be "
+                             f"scored on other labels, as multiclass levels; {run_dir} trained a "
+                             f"{data.network_label_mode} network")
+        data = dataclasses.replace(data, label_mode="multiclass", train_label_mode="binary")
+    config = dataclasses.replace(source, data=data, postprocess=postprocess, output=None)
     info = check_dataset(resolve_data(source, run_dir))
     label_mode, network_mode = config.data.label_mode, config.data.network_label_mode
     label_names = info.label_names(label_mode)
