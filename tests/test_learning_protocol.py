@@ -66,6 +66,38 @@ def test_a_loss_chosen_on_test_cases_of_the_same_data_is_refused(tmp_path, form)
     assert not (out / row).exists() and not (out / "dice").exists()      # refused before any run
 
 
+def test_spineloss_train_refuses_it_too(tmp_path):
+    """One run of the grid trained alone (``spineloss train``) goes through the grid's planning and checks."""
+    from spineloss.cli import main
+    out = tmp_path / "run"
+    probe = _config(["dice"])
+    fps = data_fingerprints(check_dataset(resolve_data(probe, out)).cases)
+    test0 = list(fold_splits(probe, list(fps))[0].test)
+    path = tmp_path / "search" / "learned_loss.json"
+    _learned_file(path, test0[:2], test0[2:3], {c: fps[c] for c in test0})
+    config_path = tmp_path / "grid.toml"
+    config_path.write_text(f"""losses = ["dice", "learned:{path}"]
+[experiment]
+name = "p"
+folds = 2
+seed = 0
+[data]
+phantom = {{ region = "lumbar", cases = 6, shape = [32, 32, 24], seed = 0 }}
+label_mode = "binary"
+[model]
+channels = [4, 8]
+[training]
+epochs = 1
+iterations_per_epoch = 1
+batch_size = 1
+threads = 1
+amp = "off"
+""")
+    for fold in ("1", "all"):                                          # fold 1 is clean, but the grid is not
+        assert main(["train", str(config_path), "--loss", "dice", "--fold", fold, "--out", str(out)]) == 2
+    assert not (out / "dice").exists()
+
+
 def test_a_loss_learned_on_other_data_with_the_same_ids_runs(tmp_path):
     out = tmp_path / "run"
     probe = _config(["dice"])

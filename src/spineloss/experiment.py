@@ -606,6 +606,54 @@ def write_pictures(out_dir: Path, info, label_mode: str) -> list[Path]:
     return written
 
 
+@dataclass(frozen=True)
+class GridPlan:
+    """A grid before anything trains: its data, its folds and what each finished run must match.
+
+    The one planning step of ``spineloss experiment`` and ``spineloss train`` (:func:`plan_grid`), so a
+    run trained on its own is the grid's run, checked and recorded the same way.
+    """
+
+    config: "ExperimentConfig"
+    out_dir: Path
+    info: Any                                  # spineloss.data.layout.DatasetInfo
+    splits: tuple[FoldSplit, ...]
+    fingerprints: dict[str, str]
+
+    def run_configs(self, resolved: dict | None = None) -> dict[tuple[str, int], dict]:
+        """``{(loss, fold): run_config}`` of every run of the config (``resolved``: the device and autocast
+        dtype where the runs execute, :func:`resolved_settings`; default: here)."""
+        return {(spec.name, split.fold): run_config(self.config, spec, split, self.fingerprints, resolved)
+                for spec in self.config.losses for split in self.splits}
+
+    @property
+    def full_config(self) -> dict:
+        """The config as the records store it (JSON types)."""
+        return json.loads(json.dumps(self.config.to_dict(), default=float))
+
+    def write_records(self) -> None:
+        """``experiment.json`` (the config and its protocol) and ``folds.json`` of the grid's folder."""
+        write_json(self.out_dir / "experiment.json", {**self.full_config, "protocol": self.config.protocol()})
+        write_json(self.out_dir / "folds.json", [s.to_dict() for s in self.splits])
+
+
+def plan_grid(config: ExperimentConfig, out_dir: Path) -> GridPlan:
+    """The data (a phantom is written on first use), checked against the config's labels and
+    post-processing; the seeded folds; the data's fingerprints; and the learned-loss protocol (no test
+    case may have chosen a learned loss: :func:`spineloss.learning.protocol.check_learned_losses`)."""
+    from .data.layout import check_dataset
+    from .learning.protocol import check_learned_losses
+
+    data_dir = resolve_data(config, out_dir)
+    info = check_dataset(data_dir)
+    label_names = info.label_names(config.data.label_mode)
+    config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
+    splits = tuple(fold_splits(config, [c.case_id for c in info.cases]))
+    fingerprints = data_fingerprints(info.cases)
+    check_learned_losses(config.losses, splits, fingerprints)
+    return GridPlan(config, out_dir, info, splits, fingerprints)
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *,
                    progress: bool = True, only_losses: Sequence[str] | None = None,
                    resume: bool = True, force: bool = False, pictures: bool = True,
@@ -622,17 +670,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
     ``table`` attribute).
     """
     from .backends import get_backend
-    from .data.layout import check_dataset
 
     # absolute paths: a Ray worker on another node does not share this process's working directory
     out_dir = Path(out_dir or config.output or f"runs/{config.name}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = resolve_data(config, out_dir)
-    info = check_dataset(data_dir)
-    label_names = info.label_names(config.data.label_mode)
-    config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
-    cases_by_id = {c.case_id: c for c in info.cases}
-    splits = fold_splits(config, list(cases_by_id))
+    plan = plan_grid(config, out_dir)
     specs = [s for s in config.losses if only_losses is None or s.name in only_losses]
     if only_losses is not None and len(specs) != len(set(only_losses)):
         unknown = sorted(set(only_losses) - {s.name for s in config.losses})
@@ -640,14 +682,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                          f"{[s.name for s in config.losses]}")
     runner = get_backend(backend, **(backend_options or {}))
     try:
-        return _run_grid(config, out_dir, info, splits, specs, runner, progress, resume, force, pictures)
+        return _run_grid(plan, specs, runner, progress, resume, force, pictures)
     finally:
         if runner is not backend:
             runner.close()
 
 
-def _run_grid(config: ExperimentConfig, out_dir: Path, info, splits, specs, runner, progress: bool, resume: bool,
-              force: bool, pictures: bool) -> str:
+def _run_grid(grid: GridPlan, specs, runner, progress: bool, resume: bool, force: bool, pictures: bool) -> str:
     """:func:`run_experiment` once the data, the folds and the backend are known."""
     from .backends import GridFailed, Job, epochs_in
     from .data.loader import prepare_cases
@@ -655,17 +696,13 @@ def _run_grid(config: ExperimentConfig, out_dir: Path, info, splits, specs, runn
     from .progress import GridProgress
     from .report import write_summary
 
-    fingerprints = data_fingerprints(info.cases)
-    from .learning.protocol import check_learned_losses  # no test case may have chosen a learned loss
-    check_learned_losses(config.losses, splits, fingerprints)
+    config, out_dir, info = grid.config, grid.out_dir, grid.info
     resolved = runner.probe(resolved_settings, config.training)   # "auto" as the workers resolve it
-    expected = {(spec.name, split.fold): run_config(config, spec, split, fingerprints, resolved)
-                for spec in config.losses for split in splits}
+    expected = grid.run_configs(resolved)
     _check_run_folder(out_dir, expected, force, resume)
-    plan = [(spec, split, expected[(spec.name, split.fold)]) for spec in specs for split in splits]
-    full_config = json.loads(json.dumps(config.to_dict(), default=float))
-    write_json(out_dir / "experiment.json", {**full_config, "protocol": config.protocol()})
-    write_json(out_dir / "folds.json", [s.to_dict() for s in splits])
+    plan = [(spec, split, expected[(spec.name, split.fold)]) for spec in specs for split in grid.splits]
+    full_config = grid.full_config
+    grid.write_records()
 
     t0 = time.perf_counter()
     prepared = prepare_cases(info, info.cases, config.preprocess, config.data.network_label_mode,

@@ -100,10 +100,8 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
     import dataclasses
 
     from . import distributed
-    from .data.layout import check_dataset
-    from .experiment import (FoldSplit, _check_run_folder, data_fingerprints, fold_splits, inner_split, load_config,
-                             resolve_data, run_config)
-    from .training import write_json
+    from .experiment import (FoldSplit, _check_run_folder, inner_split, load_config, plan_grid, resolve_data,
+                             run_config)
 
     config = load_config(config_path)
     if data:
@@ -121,9 +119,9 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
             out.mkdir(parents=True, exist_ok=True)
             resolve_data(config, out)              # a phantom is written once, by rank 0
         distributed.barrier()
-        info = check_dataset(resolve_data(config, out))
-        ids = [c.case_id for c in info.cases]
+        grid = plan_grid(config, out)              # the grid's data, folds and checks, on every rank
         if fold == "all":
+            ids = [c.case_id for c in grid.info.cases]
             fit, inner = (inner_split(ids, config.inner_val_fraction, config.seed, config.folds)
                           if config.selection == "inner" else (ids, []))
             split, run_name = FoldSplit(-1, tuple(fit), tuple(inner), ()), "all"
@@ -134,17 +132,12 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
                 raise ValueError(f"--fold must be a fold number or 'all', got {fold!r}") from None
             if not 0 <= k < config.folds:
                 raise ValueError(f"--fold {k}: the config has folds 0..{config.folds - 1}")
-            split, run_name = fold_splits(config, ids)[k], None
-        label_names = info.label_names(config.data.label_mode)
-        config.postprocess.check_labels(len(label_names) - 1, f"the data set {info.root}")
-        fingerprints = data_fingerprints(info.cases)
+            split, run_name = grid.splits[k], None
         spec = next(s for s in config.losses if s.name == loss_name)
-        current = run_config(config, spec, split, fingerprints)
+        current = run_config(config, spec, split, grid.fingerprints)
         # read-only checks on every rank, so that all of them stop together
         if run_name is None:   # a run of the grid's folder: the same checks as the grid's
-            splits = fold_splits(config, ids)
-            _check_run_folder(out, {(s.name, sp.fold): run_config(config, s, sp, fingerprints)
-                                    for s in config.losses for sp in splits}, force=False, resume=resume)
+            _check_run_folder(out, grid.run_configs(), force=False, resume=resume)
         else:
             _check_all_run(out / loss_name / run_name, current, resume)
         run_dir = out / loss_name / (run_name or f"fold{split.fold}")
@@ -152,10 +145,9 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
             log.warning("%s is finished (its config is unchanged): nothing to train; --no-resume trains it "
                         "again", run_dir)
             return run_dir if distributed.is_main() else None
-        full_config = json.loads(json.dumps(config.to_dict(), default=float))
+        full_config = grid.full_config
         if distributed.is_main() and run_name is None:   # an `all` run leaves the grid's records alone
-            write_json(out / "experiment.json", {**full_config, "protocol": config.protocol()})
-            write_json(out / "folds.json", [sp.to_dict() for sp in fold_splits(config, ids)])
+            grid.write_records()
         result = execute_run(config, loss_name, split, out, current, full_config, resume=resume, run_name=run_name)
         if not distributed.is_main():
             return None
