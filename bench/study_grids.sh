@@ -10,9 +10,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SPINELOSS=${SPINELOSS:-.venv/bin/spineloss}
 
-grid() {  # grid CONFIG RUN_DIR RESULTS_DIR: run, copy the small outputs, write the HTML report beside them
-    "$SPINELOSS" experiment "$1" --out "$2" && bash bench/collect_results.sh "$2" "$3" \
-        && "$SPINELOSS" report "$3" --out "$3.html" --analysis docs/results/analysis > /dev/null
+publish() {  # publish RUN_DIR RESULTS_DIR: copy the small outputs, write the HTML report beside them
+    bash bench/collect_results.sh "$1" "$2" \
+        && "$SPINELOSS" report "$2" --out "$2.html" --analysis docs/results/analysis > /dev/null
+}
+
+grid() {  # grid CONFIG RUN_DIR RESULTS_DIR [EXPERIMENT OPTIONS]: run, then publish
+    "$SPINELOSS" experiment "$1" --out "$2" "${@:4}" && publish "$2" "$3"
+}
+
+count_levels() {  # count_levels RUN_DIR OUT_DIR [RESCORE OPTIONS]: number the bodies from the sacrum
+    "$SPINELOSS" rescore "$1" --out "$2" --postprocess caudal_bodies=5 --postprocess number_levels=true "${@:3}"
 }
 
 copy_fixed() {  # copy_fixed FROM TO LOSS...: the baseline's finished runs of these losses
@@ -27,7 +35,19 @@ copy_fixed() {  # copy_fixed FROM TO LOSS...: the baseline's finished runs of th
 }
 
 grid configs/lumbar_baseline.toml runs/lumbar_baseline docs/results/lumbar_binary
-grid configs/lumbar_levels.toml runs/lumbar_levels docs/results/lumbar_levels
+# L1-L5 (docs/results/lumbar_levels.md): the binary grid's networks with their bodies counted (the
+# networks configs/lumbar_levels.toml trains); the levels network of 6 classes on four of the losses; and
+# that network's arg-max and counting, for the comparison of the three level assignments
+count_levels runs/lumbar_baseline runs/lumbar_levels --label-mode multiclass \
+    && publish runs/lumbar_levels docs/results/lumbar_levels
+grid configs/lumbar_levels_6class.toml runs/lumbar_levels_6class docs/results/lumbar_levels_6class \
+    --losses ce,focal,dice,dice_ce
+"$SPINELOSS" rescore runs/lumbar_levels_6class --out runs/lumbar_levels_6class_dp --postprocess 'levels="probabilities"' \
+    && bash bench/collect_results.sh runs/lumbar_levels_6class_dp docs/results/lumbar_levels_6class_dp   # today's flags
+"$SPINELOSS" rescore runs/lumbar_levels_6class --out runs/lumbar_levels_6class_argmax \
+    && bash bench/collect_results.sh runs/lumbar_levels_6class_argmax docs/results/lumbar_levels_6class_argmax
+count_levels runs/lumbar_levels_6class runs/lumbar_levels_6class_counting \
+    && bash bench/collect_results.sh runs/lumbar_levels_6class_counting docs/results/lumbar_levels_6class_counting
 copy_fixed runs/lumbar_baseline runs/lumbar_greedy dice tversky asymmetric
 grid configs/lumbar_greedy.toml runs/lumbar_greedy docs/results/lumbar_greedy
 copy_fixed runs/lumbar_baseline runs/lumbar_adaptive boundary hausdorff dice_ce
