@@ -54,3 +54,17 @@ copy_fixed runs/lumbar_baseline runs/lumbar_adaptive boundary hausdorff dice_ce
 grid configs/lumbar_adaptive.toml runs/lumbar_adaptive docs/results/lumbar_adaptive
 grid configs/cervical_greedy.toml runs/cervical_greedy docs/results/cervical_greedy
 grid configs/cervical_adaptive.toml runs/cervical_adaptive docs/results/cervical_adaptive
+
+# Loss learning (docs/results/learned_losses.md): each search on its proxy, its small outputs copied where
+# configs/lumbar_learned.toml reads the learned files, then the learned losses on the baseline's folds
+learn() {  # learn METHOD
+    "$SPINELOSS" learn "$1" "configs/learn_$1.toml" --out "runs/learn_$1" || return 1
+    mkdir -p "docs/results/learned/$1"
+    for f in learned_loss.json formula.txt history.csv evaluations.csv learn.json; do
+        [ -f "runs/learn_$1/$f" ] && cp "runs/learn_$1/$f" "docs/results/learned/$1/"
+    done
+    return 0
+}
+learn genetic && learn taylor && learn meta \
+    && copy_fixed runs/lumbar_baseline runs/lumbar_learned dice dice_ce \
+    && grid configs/lumbar_learned.toml runs/lumbar_learned docs/results/lumbar_learned
