@@ -132,6 +132,34 @@ def test_a_partly_segmented_t12_above_five_bodies_is_removed():
     assert (levels == _stack([0, 1, 2, 3, 4, 5])).all()
 
 
+def test_a_half_segmented_t12_counted_as_l1_with_l5_missed_is_flagged():
+    """lumbar_32 of the study: T12 half segmented, L1-L4 whole, L5 missed. Five bodies in order, so the
+    count is one level off; only the small top body can tell (and the flag says so)."""
+    pred = _stack([1, 1, 1, 1, 1])
+    pred[4:8] = 0                                                       # the top body: its lower 6 of 10 rows
+    flags: list[str] = []
+    out = keep_caudal_bodies(pred, 5, relabel=True, flags=flags)
+    assert flags == ["partial_top_body"] and (out == _stack([1, 2, 3, 4, 5]) * (pred > 0)).all()
+    for whole in (_stack([1] * 5), _stack([1] * 6)):                    # a whole top body: nothing to say
+        flags = []
+        keep_caudal_bodies(whole, 5, relabel=True, flags=flags)
+        assert "partial_top_body" not in flags
+
+
+def test_two_levels_in_one_piece_that_cannot_be_split_are_flagged():
+    """A piece as tall as two bodies and a disc, without a waist and of a body's volume: no split can
+    find the disc, so the count above it may be one off."""
+    pred = _stack([1, 1, 1, 1])
+    top = 4 + 4 * (BODY + GAP)
+    pred[top:top + 2 * BODY + GAP, 8:16, 4:20] = 1                     # 24 rows of 8 x 16: 1.2 bodies' volume
+    flags: list[str] = []
+    keep_caudal_bodies(pred, 5, relabel=True, flags=flags)
+    assert flags == ["oversized_body"]
+    flags = []
+    keep_caudal_bodies(_stack([1] * 5), 5, relabel=True, flags=flags)
+    assert flags == []
+
+
 def test_a_foreground_map_is_numbered_as_far_as_the_bodies_go():
     pred = _stack([0, 1, 1, 1, 1])                                      # four bodies: the top level missed
     out = keep_caudal_bodies(pred, 5, relabel=True)

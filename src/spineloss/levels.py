@@ -31,8 +31,9 @@ give two bodies the same level, or take T12 for L1; counting bodies from the sac
    first level: T12), ``dropped_below`` (caudal to the last: a segmented S1 or a transitional L6),
    ``dropped_between``, ``split`` (a body took two levels), ``bodies:<n>`` (bodies found, a split one
    counted twice, when not ``L``), ``oversized_body`` (a body of at least ``fused_volume`` median
-   bodies took one level: two bodies fused through a disc that the probabilities did not split, so
-   the levels above or below it may be shifted by one), ``skipped_level`` (neighbouring bodies one typical spacing apart
+   bodies, or 1.5 times as tall as the median body (:func:`spineloss.postprocess.tall_bodies`), took
+   one level: two bodies fused through a disc that the probabilities did not split, so the levels
+   above or below it may be shifted by one), ``skipped_level`` (neighbouring bodies one typical spacing apart
    whose levels jump: a shift, not a missing body), ``count_disagrees`` (counting the bodies up from
    the most caudal one would label them otherwise) and ``oblique_axis`` (no clear head-feet axis).
 
@@ -142,7 +143,7 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
     Returns:
         :class:`LevelAssignment` (see the module docstring for the method and the flags).
     """
-    from .postprocess import split_bodies
+    from .postprocess import split_bodies, tall_bodies
 
     p = np.asarray(probabilities, dtype=np.float32)
     if p.ndim != 4 or p.shape[0] < 2:
@@ -199,7 +200,9 @@ def assign_levels(probabilities: np.ndarray, axis: int, caudal_sign: int, spacin
                                                     return_indices=True)
         sub[fragments] = sub[tuple(idx[fragments] for idx in nearest)]
     flags += _flags(sub, chosen, position, levels, min_body_fraction * reference / 2)
-    if any(len(c) == 1 and volume[body - 1] >= fused_volume * reference for body, c in zip(ids, chosen)):
+    tall = set(tall_bodies(body_of, ids, axis))
+    if any(len(c) == 1 and (volume[body - 1] >= fused_volume * reference or body in tall)
+           for body, c in zip(ids, chosen)):
         flags.append("oversized_body")                             # one level on what may be two bodies
     flags += _count_check(chosen, levels)
     return LevelAssignment(labels, flags, [tuple(c) for c in chosen])

@@ -234,7 +234,13 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
         flags: a list to append what breaks an assumption to: ``bodies:<n>`` when the number of
             body-size pieces is not ``n_bodies`` (fewer: nothing removed, and with ``relabel`` the
             bodies are numbered from the caudal end as far as they go, or the network's own levels
-            kept), ``split`` when fused bodies were split.
+            kept), ``split`` when fused bodies were split, ``oversized_body`` when a kept body is
+            at least :data:`TALL_FACTOR` times as tall as the median one (:func:`tall_bodies`: two
+            levels in one piece that could not be split, so the count may be one off: with T12 in
+            view and L4 and L5 in one piece, T12 is counted as L1 and nothing else would tell), and
+            ``partial_top_body`` when the most cranial body kept holds less than :data:`PARTIAL_TOP`
+            of the median body (a half-segmented T12 counted as L1 while L5 was missed: five bodies,
+            in order, and the count one level off).
     Returns:
         a new label map of the same shape and dtype.
     """
@@ -266,12 +272,18 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
         flags += (["split"] if n > n_before else []) + ([f"bodies:{found}"] if found != n_bodies else [])
     has_levels = int(label_map.max()) > 1           # the network's own levels, the fallback when counting fails
     if found < n_bodies and (not relabel or has_levels):
+        if flags is not None and tall_bodies(parts, index[is_body], axis):
+            flags.append("oversized_body")
         return out
     offset = box[axis].start
     position = (np.array([c[axis] for c in ndimage.center_of_mass(parts > 0, parts, index)]) + offset) \
         * spacing[axis] * caudal_sign                              # mm, growing towards the feet
     bodies = index[is_body][np.argsort(-position[is_body])]       # caudal first
     kept, dropped = bodies[:n_bodies], bodies[n_bodies:]
+    if flags is not None and tall_bodies(parts, kept, axis):
+        flags.append("oversized_body")
+    if flags is not None and found >= n_bodies and volume[kept[-1] - 1] < PARTIAL_TOP * reference:
+        flags.append("partial_top_body")
     remove = np.zeros(n + 1, dtype=bool)
     if found >= n_bodies:
         pos = dict(zip(index, position))
@@ -295,6 +307,38 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
             owner[stray] = owner[tuple(idx[stray] for idx in nearest)]
         sub[keep_mask] = level[owner[keep_mask]].astype(out.dtype)
     return out
+
+
+#: A body at least this many times as tall (along the head-feet axis) as the median body is taken for two.
+TALL_FACTOR = 1.5
+#: The most cranial body kept, smaller than this fraction of the median body, is flagged: L1 is the
+#: smallest lumbar body but holds about 0.8-0.9 of the median one, so a smaller top body is more likely a
+#: T12 that the network half-segmented (and counting took for L1, with L5 missed) than an L1.
+PARTIAL_TOP = 0.7
+
+
+def tall_bodies(parts: np.ndarray, ids: Sequence[int], axis: int, factor: float = TALL_FACTOR) -> list[int]:
+    """The ids among ``ids`` (labels of ``parts``) at least ``factor`` times as tall along ``axis`` as the
+    median of ``ids``: two bodies (or a body and a piece of sacrum) taken for one. A lumbar body is about
+    as tall as its neighbours (L1 to L5 differ by a few millimetres), so one and a half times the height
+    means two levels in one piece, and every level above or below it may be numbered one off.
+
+    Height: the span between the 5th and the 95th percentile of the piece's voxels along ``axis``, so a
+    thin bridge or a few stray voxels do not count. Empty with fewer than three bodies (no reliable
+    median)."""
+    ids = [int(i) for i in ids]
+    if len(ids) < 3:
+        return []
+    coord = np.indices(parts.shape)[axis]
+    height = {}
+    for i in ids:
+        along = np.bincount(coord[parts == i], minlength=parts.shape[axis]).cumsum()
+        if along[-1] == 0:
+            continue
+        low, high = np.searchsorted(along, [0.05 * along[-1], 0.95 * along[-1]])
+        height[i] = float(high - low + 1)
+    typical = float(np.median(list(height.values())))
+    return [i for i, h in height.items() if h >= factor * typical]
 
 
 def _volumes(parts: np.ndarray, n: int) -> np.ndarray:
