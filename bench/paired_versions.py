@@ -50,21 +50,26 @@ def compare(pairs: list[tuple[str, str]], metric: str, label: str) -> list[str]:
     for a, b in pairs:
         va, vb = values_of(a, metric, label), values_of(b, metric, label)
         comparison = paired_tests({"a": va, "b": vb}, HIGHER_IS_BETTER[metric], best="b", metric=metric, label=label)[0]
-        shared = [c for c in va if c in vb and math.isfinite(va[c]) and math.isfinite(vb[c])]
+        both = [c for c in va if c in vb]
+        shared = [c for c in both if math.isfinite(va[c]) and math.isfinite(vb[c])]
+        nan_a = sum(1 for c in both if not math.isfinite(va[c]))     # e.g. HD of a case that lost a level
+        nan_b = sum(1 for c in both if not math.isfinite(vb[c]))
         diff = np.array([va[c] - vb[c] for c in shared])
         sign = 1 if HIGHER_IS_BETTER[metric] else -1
         tests.append(comparison.p)
-        rows.append([a, b, len(shared), comparison.mean, comparison.mean_best, comparison.median_diff,
+        rows.append([a, b, len(shared), nan_a, nan_b, comparison.mean, comparison.mean_best, comparison.median_diff,
                      int(np.sum(sign * diff > 0)), int(np.sum(sign * diff < 0)), comparison.p])
     adjusted = holm(tests)
-    scale = 100.0 if HIGHER_IS_BETTER[metric] and metric != "hd" else 1.0
+    scale = 100.0 if HIGHER_IS_BETTER[metric] else 1.0             # overlap metrics in %, distances in mm
     unit = "%" if scale == 100.0 else "mm"
-    out = [f"**{metric} ({label}, {unit})**", "",
-           "| A | B | cases | mean A | mean B | median A - B | A better | B better | p | p (Holm) |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [f"**{metric} ({label}, {unit})** (cases: both finite; NaN A / B: cases left out because that side's "
+           "value is NaN, e.g. a distance to a level it did not find)", "",
+           "| A | B | cases | NaN A | NaN B | mean A | mean B | median A - B | A better | B better | p | p (Holm) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row, p_adj in zip(rows, adjusted):
-        a, b, n, ma, mb, md, won, lost, p = row
-        out.append(f"| {a} | {b} | {n} | {ma * scale:.2f} | {mb * scale:.2f} | {md * scale:+.2f} | {won} | {lost} | "
+        a, b, n, nan_a, nan_b, ma, mb, md, won, lost, p = row
+        out.append(f"| {a} | {b} | {n} | {nan_a} | {nan_b} | {ma * scale:.2f} | {mb * scale:.2f} | {md * scale:+.2f} | "
+                   f"{won} | {lost} | "
                    f"{p:.3g} | {'**' if p_adj < 0.05 else ''}{p_adj:.3g}{'**' if p_adj < 0.05 else ''} |")
     return out + [""]
 
@@ -95,7 +100,8 @@ def costs(pairs: list[tuple[str, str]]) -> list[str]:
     for a, b in pairs:
         ca, cb = cost(a), cost(b)
         p = ca["passes"]
-        out.append(f"| {a} | {ca['runs']} | {ca['train']:.0f} | {cb['train']:.0f} | {ca['train'] / cb['train']:.2f} | "
+        ratio = ca["train"] / cb["train"] if cb["train"] > 0 else math.nan
+        out.append(f"| {a} | {ca['runs']} | {ca['train']:.0f} | {cb['train']:.0f} | {ratio:.2f} | "
                    f"{ca['tuning']:.0f} | {p.get('adaptations', 0):.0f} | {p.get('trial_steps', 0):.0f} | "
                    f"{p.get('forward_passes', 0):.0f} | {p.get('backward_passes', 0):.0f} |")
     return out + [""]

@@ -38,13 +38,22 @@ def test_pairs_are_tested_on_shared_cases_with_holm_and_costs(tmp_path):
     pairs = [(tuned, fixed), (other, fixed)]
     lines = pv.compare(pairs, "dice", "mean")
     row_tuned, row_other = lines[4].split(" | "), lines[5].split(" | ")
-    assert row_tuned[2] == "12" and row_tuned[6:8] == ["12", "0"]
-    assert row_other[2] == "10" and row_other[6:8] == ["5", "5"]
+    assert row_tuned[2:5] == ["12", "0", "0"] and row_tuned[8:10] == ["12", "0"]
+    assert row_other[2] == "10" and row_other[8:10] == ["5", "5"]
     p1 = wilcoxon(np.array([better[c] - base[c] for c in cases])).pvalue
     p2 = wilcoxon(np.array([mixed[c] - base[c] for c in cases[:10]])).pvalue
-    assert float(row_tuned[8]) == float(f"{p1:.3g}") and float(row_other[8]) == float(f"{p2:.3g}")
-    assert float(row_tuned[9].rstrip(" |").strip("*")) == float(f"{min(1, 2 * min(p1, p2)):.3g}")   # Holm over the 2 pairs
+    assert float(row_tuned[10]) == float(f"{p1:.3g}") and float(row_other[10]) == float(f"{p2:.3g}")
+    low, high = sorted((p1, p2))                                   # Holm over the 2 pairs
+    holm_tuned = min(1, 2 * low) if p1 == low else max(min(1, 2 * low), high)
+    assert float(row_tuned[11].rstrip(" |").strip("*")) == float(f"{holm_tuned:.3g}")
     hd = pv.compare(pairs, "hd", "mean")[4].split(" | ")
-    assert hd[6:8] == ["12", "0"]                                  # lower is better for distances
+    assert hd[8:10] == ["12", "0"]                                 # lower is better for distances
+    # a NaN distance (a level not found) leaves the case out and is counted on its side
+    run = Path(tuned).parent
+    metrics = json.loads((run / "tversky_g" / "fold0" / "metrics.json").read_text())
+    metrics["cases"]["c00"]["mean"]["hd"] = None
+    (run / "tversky_g" / "fold0" / "metrics.json").write_text(json.dumps(metrics))
+    hd = pv.compare(pairs, "hd", "mean")[4].split(" | ")
+    assert hd[2:5] == ["11", "1", "0"]
     cost = pv.costs(pairs)[4].split(" | ")
     assert cost[2:6] == ["130", "100", "1.30", "20"] and cost[6:8] == ["19", "171"]

@@ -66,7 +66,7 @@ def test_a_loss_chosen_on_test_cases_of_the_same_data_is_refused(tmp_path, form)
     assert not (out / row).exists() and not (out / "dice").exists()      # refused before any run
 
 
-def test_spineloss_train_refuses_it_too(tmp_path):
+def test_spineloss_train_refuses_it_too(tmp_path, capsys):
     """One run of the grid trained alone (``spineloss train``) goes through the grid's planning and checks."""
     from spineloss.cli import main
     out = tmp_path / "run"
@@ -95,6 +95,7 @@ amp = "off"
 """)
     for fold in ("1", "all"):                                          # fold 1 is clean, but the grid is not
         assert main(["train", str(config_path), "--loss", "dice", "--fold", fold, "--out", str(out)]) == 2
+        assert "same image and label files: fold 0 tests" in capsys.readouterr().err
     assert not (out / "dice").exists()
 
 

@@ -80,6 +80,20 @@ def test_a_fused_pair_left_whole_is_flagged_with_the_shift_it_hides():
     assert result.flags == ["oversized_body"]
 
 
+def test_a_tall_thin_pair_left_whole_is_flagged_by_its_height():
+    """As above, but the fused pair is thin: under ``fused_volume`` median bodies, so only its height
+    (twice a body's and a disc) says that it holds two levels."""
+    truth = _spine(levels=(7, 1, 2, 3, 4, 5), fuse=4)
+    pair = (truth == 4) | (truth == 5)
+    truth[pair] = 0
+    truth[np.where(pair.any(axis=(1, 2)))[0][:, None, None], np.arange(8, 13)[None, :, None],
+          np.arange(5, 15)[None, None, :]] = 4                     # 20 rows of 5 x 10: one body's volume
+    belief = {7: {1: 0.6, 0: 0.35}, 1: {2: 0.9}, 2: {3: 0.9}, 3: {4: 0.9}, 4: {5: 0.9}}
+    result = assign_levels(_probabilities(truth, belief), 0, 1, (1.0, 1.0, 1.0))
+    assert result.pieces == [(1,), (2,), (3,), (4,), (5,)]
+    assert result.flags == ["oversized_body"]
+
+
 def test_an_uncertain_body_is_not_speckled_with_the_free_level():
     truth = _spine(levels=(1, 2, 3, 4))
     belief = {4: {4: 0.48, 5: 0.47}}                              # L4 half believes it is L5; L5 is free
@@ -324,7 +338,7 @@ def test_rescore_compares_level_methods_on_the_same_networks(level_run, tmp_path
     assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--postprocess", "caudal=5"]) == 2
 
 
-def test_rescore_scores_a_binary_grid_on_the_levels_by_counting(tmp_path):
+def test_rescore_scores_a_binary_grid_on_the_levels_by_counting(tmp_path, capsys):
     """The counting route on a foreground grid's own networks and test folds: the levels are the bodies
     numbered from the sacrum, scored on the data set's L1-L5 labels, as a fresh evaluation would."""
     import json
@@ -353,6 +367,7 @@ def test_rescore_scores_a_binary_grid_on_the_levels_by_counting(tmp_path):
     assert {"1", "5", "mean"} <= set(next(iter(scored["cases"].values())))
     # levels need numbering; a 6-class run scored as levels is itself, and cannot be scored as a foreground one
     assert main(["rescore", str(run), "--out", str(tmp_path / "x"), "--label-mode", "multiclass"]) == 2
+    assert "number_levels = true" in capsys.readouterr().err
     six = tmp_path / "six"
     run_experiment(config_from_dict({**LEVEL_RUN, "losses": ["ce"]}), six, progress=False, pictures=False)
     assert main(["rescore", str(six), "--out", str(tmp_path / "y"), "--label-mode", "multiclass"] + count) == 0

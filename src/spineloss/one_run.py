@@ -110,6 +110,13 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data, phantom=None))
     if loss_name not in {s.name for s in config.losses}:
         raise ValueError(f"--loss {loss_name!r}: the config has {[s.name for s in config.losses]}")
+    if fold != "all":
+        try:
+            k = int(fold)
+        except ValueError:
+            raise ValueError(f"--fold must be a fold number or 'all', got {fold!r}") from None
+        if not 0 <= k < config.folds:
+            raise ValueError(f"--fold {k}: the config has folds 0..{config.folds - 1}")
     out = Path(out_dir or config.output or f"runs/{config.name}")
     use_ddp = ddp or (distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1)
     if use_ddp:
@@ -126,13 +133,7 @@ def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: s
                           if config.selection == "inner" else (ids, []))
             split, run_name = FoldSplit(-1, tuple(fit), tuple(inner), ()), "all"
         else:
-            try:
-                k = int(fold)
-            except ValueError:
-                raise ValueError(f"--fold must be a fold number or 'all', got {fold!r}") from None
-            if not 0 <= k < config.folds:
-                raise ValueError(f"--fold {k}: the config has folds 0..{config.folds - 1}")
-            split, run_name = grid.splits[k], None
+            split, run_name = grid.splits[int(fold)], None
         spec = next(s for s in config.losses if s.name == loss_name)
         current = run_config(config, spec, split, grid.fingerprints)
         # read-only checks on every rank, so that all of them stop together

@@ -329,14 +329,16 @@ def tall_bodies(parts: np.ndarray, ids: Sequence[int], axis: int, factor: float 
     ids = [int(i) for i in ids]
     if len(ids) < 3:
         return []
-    coord = np.indices(parts.shape)[axis]
+    rows = np.moveaxis(parts, axis, 0).reshape(parts.shape[axis], -1)
     height = {}
     for i in ids:
-        along = np.bincount(coord[parts == i], minlength=parts.shape[axis]).cumsum()
+        along = (rows == i).sum(axis=1).cumsum()
         if along[-1] == 0:
             continue
         low, high = np.searchsorted(along, [0.05 * along[-1], 0.95 * along[-1]])
         height[i] = float(high - low + 1)
+    if len(height) < 3:
+        return []
     typical = float(np.median(list(height.values())))
     return [i for i, h in height.items() if h >= factor * typical]
 
