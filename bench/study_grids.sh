@@ -4,8 +4,10 @@
 # it finishes (never model weights). The fixed rows of the greedy and adaptive grids are the baseline's
 # runs: they are copied in before those grids start, and reused because their recorded configs are equal.
 #   nohup nice -n 10 bash bench/study_grids.sh > runs/study_grids.log 2>&1 &
-# In a fresh checkout, first put the committed runs back: cp -r docs/results/lumbar_binary runs/lumbar_baseline
-# (and likewise for the other grids); their metrics.json files record their configs.
+# In a fresh checkout, first put the committed runs back: cp -r docs/results/lumbar_binary runs/lumbar_baseline,
+# and likewise every docs/results/<grid> to its runs/<grid> (lumbar_levels, lumbar_levels_6class*, ...): their
+# metrics.json files record their configs, so they are reused. The rescores need the models of the runs they
+# score (not committed) unless their own results are put back too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SPINELOSS=${SPINELOSS:-.venv/bin/spineloss}
