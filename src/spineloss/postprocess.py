@@ -270,20 +270,18 @@ def keep_caudal_bodies(label_map: np.ndarray, n_bodies: int = 5, axis: int = 0, 
     found = int(is_body.sum())
     if flags is not None:
         flags += (["split"] if n > n_before else []) + ([f"bodies:{found}"] if found != n_bodies else [])
-    has_levels = int(label_map.max()) > 1           # the network's own levels, the fallback when counting fails
-    if found < n_bodies and (not relabel or has_levels):
-        if flags is not None and tall_bodies(parts, index[is_body], axis):
-            flags.append("oversized_body")
-        return out
     offset = box[axis].start
     position = (np.array([c[axis] for c in ndimage.center_of_mass(parts > 0, parts, index)]) + offset) \
         * spacing[axis] * caudal_sign                              # mm, growing towards the feet
     bodies = index[is_body][np.argsort(-position[is_body])]       # caudal first
-    kept, dropped = bodies[:n_bodies], bodies[n_bodies:]
+    kept, dropped = bodies[:n_bodies], bodies[n_bodies:]          # with fewer bodies: all of them
     if flags is not None and tall_bodies(parts, kept, axis):
         flags.append("oversized_body")
     if flags is not None and found >= n_bodies and volume[kept[-1] - 1] < PARTIAL_TOP * reference:
         flags.append("partial_top_body")
+    has_levels = int(label_map.max()) > 1           # the network's own levels, the fallback when counting fails
+    if found < n_bodies and (not relabel or has_levels):
+        return out
     remove = np.zeros(n + 1, dtype=bool)
     if found >= n_bodies:
         pos = dict(zip(index, position))
