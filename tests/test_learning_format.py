@@ -66,6 +66,13 @@ def test_meta_state_is_plain_json_and_exact(tmp_path):
     loaded = load_learned_loss(path)
     for (k, a), (_, b) in zip(loss.network.state_dict().items(), loaded.network.state_dict().items()):
         assert torch.equal(a, b), k
+    # read from its file the network is frozen: a U-Net trained with it neither trains it nor fills its .grad
+    assert not any(q.requires_grad for q in loaded.parameters())
+    assert all(q.requires_grad for q in loss.parameters())  # the meta-search's own network still trains
+    x, y = _inputs(1)
+    x.requires_grad_(True)
+    loaded(x, y).backward()
+    assert x.grad is not None and all(q.grad is None for q in loaded.parameters())
 
 
 def test_document_fields_and_readable(tmp_path):

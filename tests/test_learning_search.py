@@ -11,7 +11,7 @@ import torch
 from spineloss.cli import main
 from spineloss.learning.cmaes import CMAES
 from spineloss.learning.config import learn_config_from_dict, load_learn_config
-from spineloss.learning.fitness import build_task, candidate_spec, evaluate, evaluate_detailed
+from spineloss.learning.fitness import WORST_FITNESS, build_task, candidate_spec, evaluate, evaluate_detailed
 from spineloss.backends.local import LocalBackend, available_cores
 from spineloss.learning.parallel import Evaluator
 from spineloss.learning.runner import run_learning
@@ -140,7 +140,15 @@ def test_evaluate_is_a_plain_function_of_plain_data(phantom, tmp_path):
     a, b = evaluate(spec), evaluate(spec)
     assert a == b and 0.0 <= a <= 1.0  # fixed seed: the same candidate gets the same fitness
     rejected = candidate_spec({"kind": "expression", "formula": "mul(g, 2.0)", "constants": {}}, task)
-    assert evaluate(rejected) == 0.0
+    assert evaluate(rejected) == WORST_FITNESS < 0.0  # below any trained candidate
+
+
+def test_a_search_where_nothing_trains_writes_no_learned_loss(phantom, tmp_path):
+    def nothing_trains(spec):
+        return {"fitness": WORST_FITNESS, "status": "failed", "reason": "RuntimeError: boom", "seconds": 0.0}
+    with pytest.raises(ValueError, match="no loss that trains"):
+        run_learning("taylor", _config(phantom), tmp_path / "t", progress=False, evaluate_fn=nothing_trains)
+    assert not (tmp_path / "t" / "learned_loss.json").exists()
 
 
 def test_a_candidate_trains_on_the_fit_cases_and_is_scored_on_the_val_cases_only(phantom, tmp_path, monkeypatch):

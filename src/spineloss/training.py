@@ -375,6 +375,8 @@ class Trainer:
         torch.manual_seed(train_config.seed)
         self.model_args = dict(in_channels=in_channels, out_channels=num_classes, **asdict(model_config))
         self.model = build_model(**self.model_args).to(self.device)
+        if isinstance(loss_fn, torch.nn.Module):  # a loss with parameters or buffers (a learned loss network)
+            loss_fn.to(self.device)
         if train_config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.lr,

@@ -36,8 +36,9 @@ __all__ = ["ProxyTask", "WORST_FITNESS", "build_task", "candidate_spec", "evalua
 
 log = logging.getLogger("spineloss.learning")
 
-#: the fitness of a rejected or failed candidate: the Dice of an empty prediction
-WORST_FITNESS = 0.0
+#: the fitness of a rejected, invalid or failed candidate: below every trained one (whose Dice is >= 0), so such
+#: a candidate never wins a tournament against a trained one, nor becomes the search's result
+WORST_FITNESS = -1.0
 
 _CASES: dict[str, tuple[list, list]] = {}
 
@@ -193,7 +194,8 @@ def evaluate_detailed(spec: Mapping[str, Any]) -> dict:
         reason = screen(spec["loss"], task.num_classes)
         if reason is not None:
             return result(WORST_FITNESS, "rejected", reason)
-    loss.validate = False  # a non-finite value skips the step (counted) instead of stopping the run
+    # loss.validate stays on, as in an experiment: a non-finite loss from finite logits stops the run (status
+    # "failed"), so a formula that overflows cannot win here and then stop the study that uses it
     model, training, augment, preprocess = task.configs()
     try:
         fit, val = task.cases()

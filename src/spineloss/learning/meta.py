@@ -89,7 +89,8 @@ class MetaLoss(Loss):
     def __init__(self, network: MetaLossNet | Mapping[str, Any], state: Mapping[str, Any] | None = None,
                  reduction: str = "mean", activation: str | None = None) -> None:
         super().__init__(reduction=reduction, activation=activation)
-        if not isinstance(network, MetaLossNet):
+        loaded = not isinstance(network, MetaLossNet)
+        if loaded:
             cfg = dict(network)
             unknown = sorted(set(cfg) - {"hidden", "region_features", "activation"})
             if unknown:
@@ -100,6 +101,8 @@ class MetaLoss(Loss):
                 raise ValueError("meta loss: a network given by its config needs its state (the parameters)")
         if state is not None:
             load_plain_state(network, state)
+        if loaded:  # a learned loss read from its file is frozen: training a U-Net with it leaves it unchanged
+            network.requires_grad_(False)
         self.network = network
 
     def compute(self, batch: LossInput) -> Tensor:

@@ -17,6 +17,7 @@ from its last checkpoint (``resume=False``/``--no-resume`` deletes the old resul
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,9 +25,11 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from .config import LearnConfig
-from .fitness import build_task
+from .fitness import WORST_FITNESS, build_task
 from .format import save_learned_loss
 from .parallel import Evaluator
+
+log = logging.getLogger("spineloss.learning")
 
 __all__ = ["run_learning"]
 
@@ -111,6 +114,10 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
             finally:
                 ctx.close()
             cost, extra = ctx.cost(), {}
+    if result["fitness"] <= WORST_FITNESS:
+        raise ValueError(f"the {method} search found no loss that trains (every candidate was rejected or failed: "
+                         f"see {out / 'evaluations.csv'} for the reasons); nothing was written to "
+                         f"{out / 'learned_loss.json'}. Check the proxy task in the config ([data], [training])")
     doc = result["document"]
     source = {"method": method, "fitness": result["fitness"], "fitness_definition": FITNESS_DEFINITION,
               "cost": cost, "task": task.summary(), "config": record["config"], "spineloss": __version__,
@@ -119,6 +126,9 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
     readable = doc.get("readable", "")
     text = [f"method: {method}", f"loss: {readable}", f"fitness: {result['fitness']:.4f} ({FITNESS_DEFINITION})",
             f"cost: {json.dumps(cost)}", f"use it: losses = [\"learned:{out / 'learned_loss.json'}\"]"]
+    if extra.get("screening", "passes every rule") != "passes every rule":
+        log.warning("the learned %s loss fails a screening rule: %s", method, extra["screening"])
+        text.insert(3, f"WARNING, it fails a screening rule: {extra['screening']}")
     if doc["kind"] == "expression":
         text.insert(2, f"formula: {doc['formula']}  with {json.dumps(doc['constants'])}")
     atomic_write_text(out / "formula.txt", "\n".join(text) + "\n")

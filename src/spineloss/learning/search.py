@@ -7,7 +7,8 @@ search calls :meth:`SearchContext.end_generation`, which appends the history row
 
     <out>/checkpoint.json     the search's state (population / CMA-ES state, random generator), the cache,
                               the history and every evaluation: the resume point
-    <out>/history.csv         one row per generation: best fitness so far, the generation's best and mean, counts
+    <out>/history.csv         one row per generation: best fitness so far, the best and mean of its members that
+                              trained (a rejected or failed one scores WORST_FITNESS = -1), counts
     <out>/evaluations.csv     one row per trained or rejected candidate: formula, fitness, status, reason, seconds
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..progress import GridProgress, format_duration
-from .fitness import candidate_spec
+from .fitness import WORST_FITNESS, candidate_spec
 
 __all__ = ["CHECKPOINT", "HISTORY_FIELDS", "SearchContext", "SearchProgress", "load_checkpoint"]
 
@@ -149,14 +150,14 @@ class SearchContext:
     @staticmethod
     def _fitness_of(res: Mapping[str, Any]) -> dict:
         out = dict(res)
-        out["fitness"] = float(res["fitness"]) if res.get("fitness") is not None else 0.0
+        out["fitness"] = float(res["fitness"]) if res.get("fitness") is not None else WORST_FITNESS
         return out
 
     def end_generation(self, generation: int, phase: str, fitnesses: Sequence[float], best_fitness: float,
                        best_label: str, state: Mapping[str, Any]) -> dict:
         """Record the generation (history row), write the checkpoint and the CSVs, update the progress line;
         returns the row."""
-        fits = [float(f) for f in fitnesses]
+        fits = [float(f) for f in fitnesses if float(f) > WORST_FITNESS]  # the members that trained
         row = {"generation": generation, "phase": phase, **self._counts,
                "best_fitness": round(float(best_fitness), 6),
                "generation_best": round(max(fits), 6) if fits else None,
