@@ -143,3 +143,20 @@ def test_check_reads_the_files_of_every_row(tmp_path):
         check_learned_losses([spec(name="ws", loss="weighted_sum",
                                    params={"terms": {"dice": 1.0, f"learned:{by_id}": 1.0}})], splits, fps)
     assert json.loads(clean.read_text())["source"]["task"]["fingerprints"] == {"a": "elsewhere"}
+
+
+def test_a_learned_loss_is_screened_again_for_the_experiments_classes(tmp_path):
+    from spineloss.learning.expression import ExpressionLoss
+    fps = {"a": "1"}
+    splits = [SimpleNamespace(fold=0, test=("a",))]
+    spec = SimpleNamespace
+    good = _learned_file(tmp_path / "good.json", [], [], {})
+    for C in (2, 6):
+        check_learned_losses([spec(name="good", loss=f"learned:{good}", params={})], splits, fps, num_classes=C)
+    # maximised, not minimised, by the perfect prediction: a hand-edited file the search would have rejected
+    bad = save_learned_loss(tmp_path / "bad.json", ExpressionLoss("neg(square(sub(p, g)))", {}))
+    rows = [spec(name="upside_down", loss=f"learned:{bad}", params={})]
+    check_learned_losses(rows, splits, fps)  # without a class count only the protocol is checked
+    with pytest.raises(ValueError, match=r"row 'upside_down' uses .*bad.json, which fails the screening for 6 "
+                                         r"output channels: not minimised by the perfect prediction"):
+        check_learned_losses(rows, splits, fps, num_classes=6)

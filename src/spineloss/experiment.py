@@ -640,7 +640,8 @@ class GridPlan:
 def plan_grid(config: ExperimentConfig, out_dir: Path) -> GridPlan:
     """The data (a phantom is written on first use), checked against the config's labels and
     post-processing; the seeded folds; the data's fingerprints; and the learned-loss protocol (no test
-    case may have chosen a learned loss: :func:`spineloss.learning.protocol.check_learned_losses`)."""
+    case may have chosen a learned loss, and each passes the screening for this network's classes:
+    :func:`spineloss.learning.protocol.check_learned_losses`)."""
     from .data.layout import check_dataset
     from .learning.protocol import check_learned_losses
 
@@ -650,7 +651,7 @@ def plan_grid(config: ExperimentConfig, out_dir: Path) -> GridPlan:
     config.postprocess.check_labels(len(label_names) - 1, f"the data set {data_dir}")
     splits = tuple(fold_splits(config, [c.case_id for c in info.cases]))
     fingerprints = data_fingerprints(info.cases)
-    check_learned_losses(config.losses, splits, fingerprints)
+    check_learned_losses(config.losses, splits, fingerprints, num_classes=info.num_classes_for(config.data.label_mode))
     return GridPlan(config, out_dir, info, splits, fingerprints)
 
 

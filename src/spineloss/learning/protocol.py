@@ -53,8 +53,12 @@ def leaked_cases(doc: Mapping[str, Any], test_ids: Sequence[str], fingerprints: 
     return out
 
 
-def check_learned_losses(specs: Sequence[Any], splits: Sequence[Any], fingerprints: Mapping[str, str]) -> None:
-    """Refuse (``ValueError``) an experiment in which a learned loss was chosen on test cases of a fold.
+def check_learned_losses(specs: Sequence[Any], splits: Sequence[Any], fingerprints: Mapping[str, str],
+                         num_classes: int | None = None) -> None:
+    """Refuse (``ValueError``) an experiment in which a learned loss was chosen on test cases of a fold, or,
+    given ``num_classes`` (the network's output channels here), one that fails the search's screening
+    (:func:`spineloss.learning.screening.screen`) for that many classes: a loss searched on a binary proxy is
+    checked again before it trains a multi-class network.
 
     ``specs``: the experiment's :class:`~spineloss.experiment.LossSpec` rows (``name``, ``loss``, ``params``);
     ``splits``: its :class:`~spineloss.experiment.FoldSplit` folds (``fold``, ``test``); ``fingerprints``:
@@ -68,6 +72,12 @@ def check_learned_losses(specs: Sequence[Any], splits: Sequence[Any], fingerprin
         for name in learned_terms(spec.loss, getattr(spec, "params", None)):
             path = learned_path(name)
             doc = load_document(path)
+            if num_classes is not None:
+                from .screening import screen
+                reason = screen(doc, num_classes)
+                if reason is not None:
+                    problems.append(f"  row '{spec.name}' uses {path}, which fails the screening for "
+                                    f"{num_classes} output channels: {reason}")
             try:
                 roles, recorded = chosen_cases(doc)
             except ValueError as exc:
@@ -84,6 +94,10 @@ def check_learned_losses(specs: Sequence[Any], splits: Sequence[Any], fingerprin
                        "by id (the file records no fingerprints of its data: an older spineloss)")
                 problems.append(f"  row '{spec.name}' uses {path}, chosen on cases that are test cases here, {how}: "
                                 + "; ".join(folds))
+    screening = [p for p in problems if "fails the screening" in p]
+    if screening:
+        raise ValueError("a learned loss would not train this experiment's network:\n" + "\n".join(screening)
+                         + "\nSearch again with a proxy task of this label mode ([data] label_mode), or drop the row")
     if problems:
         raise ValueError("a learned loss was chosen (its search's fitness trained or scored on them) by test cases "
                          "of this experiment, and test cases choose nothing:\n" + "\n".join(problems)
