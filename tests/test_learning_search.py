@@ -108,6 +108,7 @@ def test_genetic_end_to_end(phantom, tmp_path):
     evaluations = _rows(out / "evaluations.csv")
     assert {r["status"] for r in evaluations} <= {"trained", "rejected", "failed"} and evaluations
     assert "formula:" in (out / "formula.txt").read_text()
+    assert (out / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # best fitness per generation
 
 
 def test_taylor_end_to_end(phantom, tmp_path):
@@ -129,6 +130,7 @@ def test_meta_end_to_end(phantom, tmp_path):
     assert state["epoch"] == 0 and len(state["history"]) == 1
     row = _rows(out / "history.csv")[0]
     assert math.isfinite(float(row["meta_objective"])) and int(row["skipped"]) == 0
+    assert (out / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loss = build_loss(f"learned:{out / 'learned_loss.json'}")
     assert float(loss(torch.randn(1, 2, 4, 4, 4), torch.randint(0, 2, (1, 1, 4, 4, 4))).detach()) >= 0
 

@@ -30,7 +30,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     print(f"best loss: {result['readable']}")
     print(f"fitness (validation Dice on the proxy task): {result['fitness']:.4f}")
     print(f"learn {args.method} finished in {time.perf_counter() - t0:.0f} s; results in {result['out']}/ "
-          f"(learned_loss.json, formula.txt, history.csv); use it as "
+          f"(learned_loss.json, formula.txt, history.csv, evaluations.csv, fitness.png); use it as "
           f"\"learned:{result['out'] / 'learned_loss.json'}\"")
     return 0
 

@@ -10,6 +10,7 @@ Writes into ``DIR`` (default ``[experiment] output``, else ``runs/<name>``)::
     evaluations.csv      genetic / taylor: every candidate trained or rejected, with its fitness or reason
     learned_loss.json    the best loss found: ``build_loss("learned:DIR/learned_loss.json")`` loads it
     formula.txt          the best loss in words, its fitness and the search's cost
+    fitness.png          the best fitness per generation (per meta-epoch: the held-out soft Dice)
 
 The search is seeded by ``[experiment] seed``; rerunning the same command continues an interrupted search
 from its last checkpoint (``resume=False``/``--no-resume`` deletes the old results and starts over).
@@ -34,7 +35,7 @@ log = logging.getLogger("spineloss.learning")
 __all__ = ["run_learning"]
 
 _OUTPUTS = ("checkpoint.json", "meta_checkpoint.pt", "history.csv", "evaluations.csv", "learned_loss.json",
-            "formula.txt")
+            "formula.txt", "fitness.png")
 FITNESS_DEFINITION = ("validation Dice (mean over foreground labels, original grid) of a U-Net trained from scratch "
                       "with the loss on the proxy task's training cases, on its validation cases (never test cases)")
 
@@ -132,4 +133,6 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
     if doc["kind"] == "expression":
         text.insert(2, f"formula: {doc['formula']}  with {json.dumps(doc['constants'])}")
     atomic_write_text(out / "formula.txt", "\n".join(text) + "\n")
+    from ..report.learning_curve import plot_learning
+    plot_learning(out)
     return {"out": out, "fitness": result["fitness"], "document": doc, "readable": readable, "cost": cost}
