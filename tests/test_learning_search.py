@@ -68,7 +68,8 @@ CALLS: list[dict] = []
 
 def toy_evaluate(spec):
     """A deterministic stand-in for training: peaks when every number of the loss is 0.5, prefers short formulas."""
-    CALLS.append(spec["loss"])
+    if spec["loss"]["kind"] != "reference":  # the reference losses are trained once, apart (references.json)
+        CALLS.append(spec["loss"])
     doc = spec["loss"]
     if doc["kind"] == "expression":
         values, size = list(doc["constants"].values()), len(doc["formula"])
@@ -109,6 +110,9 @@ def test_genetic_end_to_end(phantom, tmp_path):
     assert {r["status"] for r in evaluations} <= {"trained", "rejected", "failed"} and evaluations
     assert "formula:" in (out / "formula.txt").read_text()
     assert (out / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # best fitness per generation
+    references = json.loads((out / "references.json").read_text())  # Dice, CE, Dice+CE on the same proxy
+    assert list(references) == ["dice", "ce", "dice_ce"] and all(0.0 <= v <= 1.0 for v in references.values())
+    assert doc["source"]["references"] == references and "on the same proxy: dice" in (out / "formula.txt").read_text()
 
 
 def test_taylor_end_to_end(phantom, tmp_path):
@@ -416,7 +420,7 @@ def test_evaluations_can_run_on_another_backend(phantom, tmp_path):
     a = run_learning("taylor", _config(phantom), tmp_path / "a", progress=False, evaluate_fn=toy_evaluate,
                      backend=backend)
     b = run_learning("taylor", _config(phantom), tmp_path / "b", progress=False, evaluate_fn=toy_evaluate)
-    assert backend.calls == 2 and a["fitness"] == b["fitness"]
+    assert backend.calls == 3 and a["fitness"] == b["fitness"]  # 2 generations, then the 3 reference losses
 
 
 def test_the_evaluator_reports_through_any_backend():

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProxyTask", "WORST_FITNESS", "build_task", "candidate_spec", "evaluate", "evaluate_detailed"]
+__all__ = ["ProxyTask", "REFERENCE_LOSSES", "WORST_FITNESS", "build_task", "candidate_spec", "evaluate",
+           "evaluate_detailed", "reference_spec"]
 
 log = logging.getLogger("spineloss.learning")
 
@@ -163,6 +164,17 @@ def build_task(config, out_dir: str | Path) -> ProxyTask:
                      augment=config.augment.to_dict())
 
 
+#: the hand-designed losses every search is compared with on its own proxy task (:func:`reference_spec`)
+REFERENCE_LOSSES = ("dice", "ce", "dice_ce")
+
+
+def reference_spec(loss: str, task: ProxyTask | Mapping[str, Any]) -> dict:
+    """The input of :func:`evaluate` for a registered loss (``"dice"``, ``"dice_ce"``, ...): the same training
+    and score as a candidate's, so a learned loss's fitness can be read against the losses it should beat."""
+    return {"loss": {"kind": "reference", "name": str(loss)},
+            "task": task.to_dict() if isinstance(task, ProxyTask) else dict(task), "screen": False}
+
+
 def candidate_spec(doc: Mapping[str, Any], task: ProxyTask | Mapping[str, Any], screen: bool = True) -> dict:
     """The plain-data input of :func:`evaluate`: a learned-loss document and the task."""
     return {"loss": dict(doc), "task": task.to_dict() if isinstance(task, ProxyTask) else dict(task),
@@ -187,10 +199,14 @@ def evaluate_detailed(spec: Mapping[str, Any]) -> dict:
 
     task = ProxyTask.from_dict(spec["task"])
     try:
-        loss = loss_from_document(spec["loss"])
+        if spec["loss"].get("kind") == "reference":  # a registered loss (reference_spec)
+            from ..losses import build_loss
+            loss = build_loss(spec["loss"]["name"])
+        else:
+            loss = loss_from_document(spec["loss"])
     except ValueError as exc:
         return result(WORST_FITNESS, "invalid", str(exc))
-    if spec.get("screen", True):
+    if spec.get("screen", True) and spec["loss"].get("kind") != "reference":
         reason = screen(spec["loss"], task.num_classes)
         if reason is not None:
             return result(WORST_FITNESS, "rejected", reason)

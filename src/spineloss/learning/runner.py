@@ -11,6 +11,7 @@ Writes into ``DIR`` (default ``[experiment] output``, else ``runs/<name>``)::
     learned_loss.json    the best loss found: ``build_loss("learned:DIR/learned_loss.json")`` loads it
     formula.txt          the best loss in words, its fitness and the search's cost
     fitness.png          the best fitness per generation (per meta-epoch: the held-out soft Dice)
+    references.json      the fitness of Dice, CE and Dice + CE trained the same way on the same proxy
 
 The search is seeded by ``[experiment] seed``; rerunning the same command continues an interrupted search
 from its last checkpoint (``resume=False``/``--no-resume`` deletes the old results and starts over).
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from .config import LearnConfig
-from .fitness import WORST_FITNESS, build_task
+from .fitness import REFERENCE_LOSSES, WORST_FITNESS, build_task, reference_spec
 from .format import save_learned_loss
 from .parallel import Evaluator
 
@@ -35,7 +36,7 @@ log = logging.getLogger("spineloss.learning")
 __all__ = ["run_learning"]
 
 _OUTPUTS = ("checkpoint.json", "meta_checkpoint.pt", "history.csv", "evaluations.csv", "learned_loss.json",
-            "formula.txt", "fitness.png")
+            "formula.txt", "fitness.png", "references.json")
 FITNESS_DEFINITION = ("validation Dice (mean over foreground labels, original grid) of a U-Net trained from scratch "
                       "with the loss on the proxy task's training cases, on its validation cases (never test cases)")
 
@@ -61,6 +62,19 @@ def _prepare_folder(out: Path, record: dict, resume: bool) -> None:
         for name in _OUTPUTS:
             (out / name).unlink(missing_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _references(out: Path, task, evaluator: Evaluator) -> dict[str, float]:
+    """The fitness of each of :data:`~spineloss.learning.fitness.REFERENCE_LOSSES` on this proxy task, trained
+    once and kept in ``out/references.json`` (a resumed search reads them back)."""
+    path = out / "references.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    todo = [name for name in REFERENCE_LOSSES if name not in known]
+    if todo:
+        for name, res in zip(todo, evaluator.map([reference_spec(name, task) for name in todo])):
+            known[name] = float(res["fitness"])
+        atomic_write_text(path, json.dumps(known, indent=2) + "\n")
+    return {name: known[name] for name in REFERENCE_LOSSES}
 
 
 def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = None, *, resume: bool = True,
@@ -115,6 +129,7 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
             finally:
                 ctx.close()
             cost, extra = ctx.cost(), {}
+        references = _references(out, task, evaluator)
     if result["fitness"] <= WORST_FITNESS:
         raise ValueError(f"the {method} search found no loss that trains (every candidate was rejected or failed: "
                          f"see {out / 'evaluations.csv'} for the reasons); nothing was written to "
@@ -122,10 +137,11 @@ def run_learning(method: str, config: LearnConfig, out_dir: str | Path | None = 
     doc = result["document"]
     source = {"method": method, "fitness": result["fitness"], "fitness_definition": FITNESS_DEFINITION,
               "cost": cost, "task": task.summary(), "config": record["config"], "spineloss": __version__,
-              "seconds_this_session": round(time.perf_counter() - t0, 1), **extra}
+              "seconds_this_session": round(time.perf_counter() - t0, 1), "references": references, **extra}
     save_learned_loss(out / "learned_loss.json", doc, source)
     readable = doc.get("readable", "")
     text = [f"method: {method}", f"loss: {readable}", f"fitness: {result['fitness']:.4f} ({FITNESS_DEFINITION})",
+            "on the same proxy: " + ", ".join(f"{k} {v:.4f}" for k, v in references.items()),
             f"cost: {json.dumps(cost)}", f"use it: losses = [\"learned:{out / 'learned_loss.json'}\"]"]
     if extra.get("screening", "passes every rule") != "passes every rule":
         log.warning("the learned %s loss fails a screening rule: %s", method, extra["screening"])

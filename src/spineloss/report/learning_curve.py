@@ -7,6 +7,9 @@
   held-out soft Dice of the U-Net after its inner step, per meta-epoch; the fitness of the U-Net trained
   from scratch with the frozen loss is one number, drawn as a line.
 
+Dotted lines: the fitness of the reference losses (Dice, CE, Dice + CE) trained the same way on the same
+proxy (``references.json``), the marks a learned loss has to beat.
+
 The fitness is the proxy task's validation Dice (never a test case).
 """
 from __future__ import annotations
@@ -34,7 +37,8 @@ def _number(text: str | None) -> float | None:
 
 def plot_learning(out_dir: str | Path) -> Path | None:
     """Write ``out_dir/fitness.png`` from its ``history.csv`` (and ``learned_loss.json`` for the meta search's
-    final fitness); ``None`` when there is no history yet."""
+    final fitness, ``references.json`` for the hand-designed losses drawn beside); ``None`` when there is no
+    history yet."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -83,6 +87,10 @@ def plot_learning(out_dir: str | Path) -> Path | None:
         ax.set_xlabel("meta-epoch")
         ax.set_ylabel("Dice on the proxy")
         method = "meta"
+    references = out_dir / "references.json"
+    if references.exists():  # the hand-designed losses trained the same way on the same proxy
+        for i, (name, value) in enumerate(json.loads(references.read_text()).items()):
+            ax.axhline(float(value), color=f"C{4 + i}", linestyle=":", linewidth=1.2, label=f"{name}: {float(value):.4f}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
