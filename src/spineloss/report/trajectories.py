@@ -8,6 +8,26 @@ from pathlib import Path
 __all__ = ["plot_trajectories"]
 
 
+#: the window of the running mean drawn over weights that move every step
+SMOOTH_STEPS = 50
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of the last ``window`` values at each step (fewer at the start); ``values`` itself unless the
+    series is noisy: its path (the sum of the step-to-step changes) is over 10 times its range, as SoftAdapt's
+    weights, which jump every step (Rebalance's line and CoV's settling curve are drawn as they are)."""
+    path = sum(abs(b - a) for a, b in zip(values, values[1:]))
+    if path <= 10.0 * (max(values, default=0.0) - min(values, default=0.0)):
+        return values
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_trajectories(loss_dir: str | Path) -> Path | None:
     """Write ``loss_dir/tuning.png`` from its folds' ``params.csv`` / ``weights.csv``; ``None`` when the
     loss was not tuned."""
@@ -35,9 +55,17 @@ def plot_trajectories(loss_dir: str | Path) -> Path | None:
     FigureCanvasAgg(fig)
     for i, (panel, folds) in enumerate(sorted(series.items())):
         ax = fig.add_subplot(1, len(series), i + 1)
-        for fold, (steps, values) in folds.items():
-            ax.plot(steps, values, drawstyle="steps-post" if panel.startswith("parameter") else "default",
-                    label=fold, linewidth=1.5)
+        for k, (fold, (steps, values)) in enumerate(folds.items()):
+            if panel.startswith("parameter"):
+                ax.plot(steps, values, drawstyle="steps-post", label=fold, linewidth=1.5)
+                continue
+            mean = _moving_average(values, SMOOTH_STEPS)
+            if mean != values:  # weights that change every step (SoftAdapt): the raw values faint, their mean
+                ax.plot(steps, values, color=f"C{k}", linewidth=0.5, alpha=0.15)
+                label = f"{fold} (mean of {SMOOTH_STEPS} steps)"
+            else:
+                label = fold
+            ax.plot(steps, mean, color=f"C{k}", label=label, linewidth=1.5)
         ax.set_title(panel, fontsize=11)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
