@@ -43,7 +43,7 @@ def plot_learning(out_dir: str | Path) -> Path | None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from ..atomic import atomic_path
+    from .plots import write_png
 
     out_dir = Path(out_dir)
     history = out_dir / "history.csv"
@@ -96,10 +96,4 @@ def plot_learning(out_dir: str | Path) -> Path | None:
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{out_dir.name}: {method} progress", fontsize=11)
     fig.tight_layout()
-    path = out_dir / "fitness.png"
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, facecolor="white")
-    finally:
-        fig.clear()
-    return path
+    return write_png(fig, out_dir / "fitness.png")

@@ -159,14 +159,8 @@ def render_case(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray
     if title:
         fig.suptitle(title, fontsize=13, y=0.98)
 
-    from ..atomic import atomic_path
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-    finally:
-        fig.clear()
-    return path
+    from .plots import write_png
+    return write_png(fig, path)
 
 
 def _outline(ax, mask: np.ndarray, row_spacing: float, col_spacing: float, color: str, style: str,

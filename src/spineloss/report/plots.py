@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DPI", "WIDTH", "box_plot", "training_curves"]
+__all__ = ["DPI", "WIDTH", "box_plot", "training_curves", "write_png"]
 
 #: figure resolution and width in inches: 1280 pixels, the width of a laptop screen
 DPI = 100
@@ -33,6 +33,19 @@ def _png(fig) -> bytes:
     finally:
         fig.clear()
     return buf.getvalue()
+
+
+def write_png(fig, path):
+    """Write the figure to ``path`` as PNG (as :func:`_png`), atomically; the figure is cleared. Returns the
+    path (a :class:`pathlib.Path`)."""
+    from pathlib import Path
+
+    from ..atomic import atomic_path
+    data = _png(fig)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
 
 
 def _figure(width: float, height: float):

@@ -34,7 +34,7 @@ def plot_trajectories(loss_dir: str | Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ..atomic import atomic_path
+    from .plots import write_png
     from ..tuning.greedy import read_params_csv
     from ..tuning.weighting import read_weights_csv
 
@@ -72,10 +72,4 @@ def plot_trajectories(loss_dir: str | Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{loss_dir.name}: the loss while training", fontsize=12)
     fig.tight_layout()
-    path = loss_dir / "tuning.png"
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, facecolor="white")
-    finally:
-        fig.clear()
-    return path
+    return write_png(fig, loss_dir / "tuning.png")
