@@ -62,7 +62,7 @@ grid configs/cervical_adaptive.toml runs/cervical_adaptive docs/results/cervical
 learn() {  # learn METHOD
     "$SPINELOSS" learn "$1" "configs/learn_$1.toml" --out "runs/learn_$1" || return 1
     mkdir -p "docs/results/learned/$1"
-    for f in learned_loss.json formula.txt history.csv evaluations.csv learn.json; do
+    for f in learned_loss.json formula.txt history.csv evaluations.csv learn.json fitness.png references.json; do
         [ -f "runs/learn_$1/$f" ] && cp "runs/learn_$1/$f" "docs/results/learned/$1/"
     done
     return 0
