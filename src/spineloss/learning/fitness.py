@@ -198,15 +198,16 @@ def evaluate_detailed(spec: Mapping[str, Any]) -> dict:
                 "seconds": round(time.perf_counter() - t0, 3)}
 
     task = ProxyTask.from_dict(spec["task"])
+    reference = spec["loss"].get("kind") == "reference"  # a registered loss (reference_spec): not screened
     try:
-        if spec["loss"].get("kind") == "reference":  # a registered loss (reference_spec)
+        if reference:
             from ..losses import build_loss
             loss = build_loss(spec["loss"]["name"])
         else:
             loss = loss_from_document(spec["loss"])
     except ValueError as exc:
         return result(WORST_FITNESS, "invalid", str(exc))
-    if spec.get("screen", True) and spec["loss"].get("kind") != "reference":
+    if spec.get("screen", True) and not reference:
         reason = screen(spec["loss"], task.num_classes)
         if reason is not None:
             return result(WORST_FITNESS, "rejected", reason)
