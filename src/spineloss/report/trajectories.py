@@ -60,7 +60,7 @@ def plot_trajectories(loss_dir: str | Path) -> Path | None:
                 ax.plot(steps, values, drawstyle="steps-post", label=fold, linewidth=1.5)
                 continue
             mean = _moving_average(values, SMOOTH_STEPS)
-            if mean != values:  # weights that change every step (SoftAdapt): the raw values faint, their mean
+            if mean is not values:  # weights that change every step (SoftAdapt): the raw values faint, their mean
                 ax.plot(steps, values, color=f"C{k}", linewidth=0.5, alpha=0.15)
                 label = f"{fold} (mean of {SMOOTH_STEPS} steps)"
             else:
