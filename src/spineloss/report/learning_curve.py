@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-__all__ = ["plot_learning"]
+__all__ = ["hold_last_step", "plot_learning"]
 
 _PHASE_COLOURS = {"start": "#dddddd", "gp": "#e8f0fb", "cma": "#fbeee0"}
 
@@ -33,6 +33,13 @@ def _number(text: str | None) -> float | None:
         return float(text) if text not in (None, "", "None") else None
     except ValueError:
         return None
+
+
+def hold_last_step(points: list[tuple[float, float]], width: float = 0.5) -> list[tuple[float, float]]:
+    """The points of a ``steps-post`` line with the last value held for ``width`` more: drawn as they are, a
+    step line ends at its last x, so a new best found in the last generation would be a jump of zero width,
+    hidden behind that generation's marker."""
+    return points + [(points[-1][0] + width, points[-1][1])] if points else points
 
 
 def plot_learning(out_dir: str | Path) -> Path | None:
@@ -69,6 +76,8 @@ def plot_learning(out_dir: str | Path) -> Path | None:
                                    "generation's mean (trained members)")):
             points = [(g, _number(r.get(key))) for g, r in zip(x, rows)]
             points = [(g, v) for g, v in points if v is not None]
+            if key == "best_fitness":
+                points = hold_last_step(points)
             if points:
                 ax.plot(*zip(*points), label=label, **style)
         ax.set_xlabel("generation")
