@@ -693,7 +693,7 @@ def _run_grid(grid: GridPlan, specs, runner, progress: bool, resume: bool, force
     """:func:`run_experiment` once the data, the folds and the backend are known."""
     from .backends import GridFailed, Job, epochs_in
     from .data.loader import prepare_cases
-    from .one_run import execute_run
+    from .one_run import collapse_warning, execute_run
     from .progress import GridProgress
     from .report import write_summary
 
@@ -734,8 +734,9 @@ def _run_grid(grid: GridPlan, specs, runner, progress: bool, resume: bool, force
             failed(job, f"it finished, but {job.watch}/metrics.json is not visible here: the output folder must "
                         "be on storage that every node of the cluster shares, under the same path")
             return
+        collapsed = collapse_warning(result)
         view.finish(f"[{job.key}] test Dice {result['dice']:.4f}  HD {result['hd']:.2f} mm"
-                    f"  ({result['train_seconds']:.0f} s)", job.key)
+                    f"  ({result['train_seconds']:.0f} s)" + (f"  WARNING: {collapsed}" if collapsed else ""), job.key)
 
     runner.run_jobs(jobs, view, done, failed)
     view.close()

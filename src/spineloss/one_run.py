@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["execute_run", "train_command", "prepared_for", "training_seconds"]
+__all__ = ["collapse_warning", "empty_predictions", "execute_run", "train_command", "prepared_for", "training_seconds"]
 
 log = logging.getLogger("spineloss.one_run")
 
@@ -39,6 +39,29 @@ def prepared_for(config, out_dir: Path, case_ids) -> dict:
     return {p.case_id: p for p in prepared}
 
 
+def empty_predictions(cases: dict) -> int:
+    """How many scored cases the network predicted no foreground in: their foreground precision is NaN (no
+    predicted voxel), as :func:`spineloss.metrics.compute_metrics` writes it. ``cases``: ``metrics.json``'s
+    ``"cases"`` (case id -> label entry -> metric -> value)."""
+    count = 0
+    for entries in cases.values():
+        precision = entries.get("foreground", {}).get("precision")
+        if isinstance(precision, float) and precision != precision:
+            count += 1
+    return count
+
+
+def collapse_warning(result: dict) -> str:
+    """The warning for a run that predicted no foreground in some of its test cases (``""`` if none): a loss
+    dominated by a distance term (e.g. CoV or Rebalance weighting) can teach the network the empty map, and
+    the mean Dice alone does not say why it is low."""
+    empty, scored = int(result.get("empty_cases", 0)), int(result.get("test_cases", 0))
+    if not empty:
+        return ""
+    return (f"no foreground predicted in {empty} of {scored} test cases: the network collapsed to the empty map "
+            "(look at the loss: a distance term or an adaptive weighting that favours it, weights.csv)")
+
+
 def execute_run(config, loss_name: str, split, out_dir: str | Path, current: dict, full_config: dict, *,
                 resume: bool = True, prepared: dict | None = None, run_name: str | None = None,
                 on_epoch_end: Callable[[int], None] | None = None) -> dict:
@@ -46,7 +69,8 @@ def execute_run(config, loss_name: str, split, out_dir: str | Path, current: dic
     the split's test cases; writes ``<out_dir>/<loss>/<run_name or fold<k>>/`` (``run.json`` first,
     ``metrics.json`` last). ``current``: the run's :func:`~spineloss.experiment.run_config`;
     ``prepared``: the preprocessed cases (loaded from the cache when ``None``). ``on_epoch_end(n)`` gets
-    the number of finished epochs. Returns ``{"dice", "hd", "train_seconds"}`` (NaN when nothing was scored).
+    the number of finished epochs. Returns ``{"dice", "hd", "train_seconds"}`` (NaN when nothing was scored)
+    and, when the split has test cases, ``"test_cases"`` and ``"empty_cases"`` (:func:`empty_predictions`).
     """
     from . import distributed
     from .data.layout import check_dataset
@@ -88,8 +112,12 @@ def execute_run(config, loss_name: str, split, out_dir: str | Path, current: dic
                          config.data.label_mode, labels, run_dir, config, current, full_config,
                          train_seconds=seconds, **({"tuning": trained["tuning"]} if "tuning" in trained else {}))
     mean = metrics["mean"].get("mean", {})
-    return {"dice": mean.get("dice", float("nan")), "hd": mean.get("hd", float("nan")),
-            "train_seconds": metrics["train_seconds"]}
+    result = {"dice": mean.get("dice", float("nan")), "hd": mean.get("hd", float("nan")),
+              "train_seconds": metrics["train_seconds"], "test_cases": len(metrics["cases"]),
+              "empty_cases": empty_predictions(metrics["cases"])}
+    if result["empty_cases"]:
+        log.warning("%s: %s", run_dir, collapse_warning(result))
+    return result
 
 
 def train_command(config_path: str | Path, loss_name: str, fold: str, out_dir: str | Path | None = None, *,
